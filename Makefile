@@ -1,0 +1,50 @@
+# Canaria's developer entry points. `make demo` and `make test` are the two README commands.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export KUBECONFIG := $(CURDIR)/.devcluster/kubeconfig
+export PATH := $(CURDIR)/.devcluster/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: help venv tools cluster cluster-down demo test test-unit lint operator clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
+
+$(VENV)/.installed: pyproject.toml
+	@command -v uv >/dev/null || python3 -m pip install --quiet uv
+	uv venv --quiet --allow-existing --python python3.11 $(VENV)
+	VIRTUAL_ENV=$(VENV) uv pip install --quiet -e '.[serving,dev]'
+	touch $@
+
+venv: $(VENV)/.installed ## Python environment with the operator, TorchServe and the dev tools
+
+tools: ## Build (or reuse) the pinned control-plane binaries, kubectl and helm
+	bash devcluster/build.sh
+
+cluster: venv tools ## Start the local control plane (idempotent); writes .devcluster/kubeconfig
+	$(PY) -m devcluster up
+	@echo "export KUBECONFIG=$(KUBECONFIG)"
+
+cluster-down: ## Stop every process `make cluster` started and remove its state
+	@if [ -x $(PY) ]; then $(PY) -m devcluster down; else echo "no environment: nothing to stop"; fi
+
+demo: cluster ## The main job on the local cluster: CRD, operator, the CIFAR-10 example
+	bash hack/demo.sh
+
+operator: venv ## Run the operator in the foreground against $$KUBECONFIG
+	$(PY) -m canaria run
+
+lint: venv ## ruff, mypy and the import layers
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+test-unit: venv ## Pure tests only (no cluster, no TorchServe)
+	$(PY) -m pytest -m "not cluster and not torchserve"
+
+test: venv tools lint ## Every test tier: unit, control plane, TorchServe data plane
+	$(PY) -m pytest
+
+clean: cluster-down
+	rm -rf $(VENV) .devcluster
