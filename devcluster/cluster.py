@@ -1,0 +1,397 @@
+"""Bringing the devcluster up and down: the Python API behind `python -m devcluster` and the test fixture.
+
+cluster = Cluster.up(Path("."))      # or Cluster.attach(...) for one that already runs
+cluster.kubeconfig, cluster.server
+cluster.down()
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import components, pki, procs
+from .api import ApiClient, probe, wait_until
+from .layout import BINARIES, COMPONENTS, PORT_NAMES, Layout, Settings
+
+NODE_NAME = "kwok-node-0"
+NODE_CAPACITY = {"cpu": "32", "memory": "256Gi", "pods": "110"}
+CRD_ESTABLISHED_TIMEOUT_S = 60
+
+
+class DevclusterError(Exception):
+    """A failed step, told in one line: the component, the cause, and where its log is."""
+
+    def __init__(self, component: str, cause: str, log: Path | None = None, fix: str = "") -> None:
+        self.component, self.cause, self.log, self.fix = component, cause, log, fix
+        message = f"{component}: {cause}"
+        if fix:
+            message += f"; {fix}"
+        if log is not None:
+            message += f" (log: {log})"
+        super().__init__(message)
+
+
+@dataclass
+class Cluster:
+    """A running devcluster. `started_here` says whether this process started it (and so should stop it)."""
+
+    layout: Layout
+    server: str
+    started_here: bool
+    _children: list[subprocess.Popen] = field(default_factory=list, repr=False)
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.layout.kubeconfig
+
+    @property
+    def bin_dir(self) -> Path:
+        return self.layout.bin_dir
+
+    @classmethod
+    def up(cls, root: Path = Path("."), settings: Settings | None = None) -> Cluster:
+        """Returns the running cluster if one is healthy, else starts one. On any failure, everything this
+        call started is stopped and a DevclusterError names the component, the cause and the log."""
+        layout = Layout.resolve(root, settings or Settings())
+        with _locked(layout):
+            running = _attach(layout)
+            if running is not None:
+                return running
+            _stop_and_clean(layout)  # a half-dead earlier cluster: start over
+            return _Starter(layout, settings or Settings()).run()
+
+    @classmethod
+    def attach(cls, root: Path = Path("."), settings: Settings | None = None) -> Cluster | None:
+        """The healthy cluster already running under this state dir, or None."""
+        return _attach(Layout.resolve(root, settings or Settings()))
+
+    def down(self) -> None:
+        stop(self.layout)
+        for child in self._children:  # reap our own children so none lingers as a zombie
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                child.wait(timeout=1)
+
+    def kubectl(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        """Runs this cluster's kubectl against it, capturing text output."""
+        return subprocess.run(
+            [str(self.layout.binary("kubectl")), f"--kubeconfig={self.kubeconfig}", *args],
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=timeout,
+        )
+
+    def env(self) -> dict[str, str]:
+        """Environment variables that point kubectl, helm and Kubernetes clients at this cluster."""
+        return {
+            "KUBECONFIG": str(self.kubeconfig),
+            "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+
+
+def stop(layout: Layout) -> None:
+    """Stops every process recorded under the state dir and removes the state (keeping `bin`)."""
+    with _locked(layout):
+        _stop_and_clean(layout)
+
+
+def status(layout: Layout) -> dict[str, Any]:
+    """Each component's pid (None when not running) and whether the API server answers /readyz."""
+    pids = {name: procs.recorded_pid(procs.RunFiles(layout.run_dir, name)) for name in COMPONENTS}
+    cluster = _attach(layout)
+    return {"server": cluster.server if cluster else None, "ready": cluster is not None, "pids": pids}
+
+
+@contextlib.contextmanager
+def _locked(layout: Layout) -> Iterator[None]:
+    """One up/down at a time per state dir (pytest and `make cluster` may race)."""
+    layout.state_dir.mkdir(parents=True, exist_ok=True)
+    with open(layout.lock_file, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _attach(layout: Layout) -> Cluster | None:
+    try:
+        recorded = json.loads(layout.cluster_file.read_text())
+    except (OSError, ValueError):
+        return None
+    all_running = all(procs.recorded_pid(procs.RunFiles(layout.run_dir, name)) for name in COMPONENTS)
+    if not all_running or not probe(
+        recorded["server"] + "/readyz", _admin_client(layout, recorded["server"])
+    ):
+        return None
+    return Cluster(layout=layout, server=recorded["server"], started_here=False)
+
+
+def _stop_and_clean(layout: Layout) -> None:
+    procs.stop([procs.RunFiles(layout.run_dir, name) for name in _recorded_components(layout)])
+    keep = {layout.bin_dir, layout.lock_file}
+    for entry in layout.state_dir.iterdir() if layout.state_dir.exists() else []:
+        if entry in keep:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _recorded_components(layout: Layout) -> list[str]:
+    """Recorded components in stop order: clients first, etcd last; unknown names (older layouts) first."""
+    recorded = {pid_file.stem for pid_file in layout.run_dir.glob("*.pid")}
+    known = [name for name in reversed(COMPONENTS) if name in recorded]
+    return sorted(recorded - set(COMPONENTS)) + known
+
+
+def _admin_client(layout: Layout, server: str) -> ApiClient:
+    pki_files = pki.Pki(layout.pki_dir)
+    return ApiClient(
+        server=server,
+        ca_file=pki_files.ca_cert,
+        cert_file=pki_files.client_cert(pki.ADMIN),
+        key_file=pki_files.client_key(pki.ADMIN),
+    )
+
+
+class _Starter:
+    """One `up`: start each component in order, wait for it to be healthy, undo everything on failure."""
+
+    def __init__(self, layout: Layout, settings: Settings) -> None:
+        self.layout = layout
+        self.settings = settings
+        self.children: list[subprocess.Popen] = []
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def run(self) -> Cluster:
+        self._check_prerequisites()
+        try:
+            cluster = self._start_all()
+        except BaseException:
+            _stop_and_clean(self.layout)
+            for child in self.children:
+                with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                    child.wait(timeout=1)
+            raise
+        return cluster
+
+    def _check_prerequisites(self) -> None:
+        for name in BINARIES:
+            if not os.access(self.layout.binary(name), os.X_OK):
+                raise DevclusterError(
+                    name,
+                    f"binary not found at {self.layout.binary(name)}",
+                    fix="build it with `make tools` (bash devcluster/build.sh)",
+                )
+        if not self.layout.kwok_stages.is_file():
+            raise DevclusterError(
+                "kwok", f"stage file not found at {self.layout.kwok_stages}", fix="run `make tools`"
+            )
+        if self.settings.install_crds and not self.layout.crd_files:
+            raise DevclusterError(
+                "crds",
+                f"no CRD fixtures in {self.layout.fixtures_dir / 'crds'}",
+                fix="set CANARIA_FIXTURES to the shared fixtures directory",
+            )
+
+    def _start_all(self) -> Cluster:
+        layout = self.layout
+        ports = self._ports()
+        server = f"https://127.0.0.1:{ports['kube-apiserver']}"
+        pki_files = pki.generate(layout.pki_dir)
+        _write_kubeconfigs(layout, pki_files, server)
+        admin = _admin_client(layout, server)
+
+        self._start(
+            "etcd", components.etcd(layout, ports), ports["etcd"], self._http_ok(ports["etcd"], "/health")
+        )
+        self._start(
+            "kube-apiserver",
+            components.kube_apiserver(layout, ports, pki_files),
+            ports["kube-apiserver"],
+            lambda: probe(server + "/readyz", admin),
+        )
+        self._start(
+            "kube-controller-manager",
+            components.kube_controller_manager(layout, ports, pki_files),
+            ports["kube-controller-manager"],
+            self._https_ok(ports["kube-controller-manager"]),
+        )
+        self._start(
+            "kube-scheduler",
+            components.kube_scheduler(layout, ports),
+            ports["kube-scheduler"],
+            self._https_ok(ports["kube-scheduler"]),
+        )
+        self._start(
+            "kwok", components.kwok(layout, ports), ports["kwok"], self._http_ok(ports["kwok"], "/healthz")
+        )
+
+        admin.create("/api/v1/nodes", _fake_node())
+        self._wait("kwok", f"node {NODE_NAME} did not become Ready and untainted", lambda: _node_ready(admin))
+        self._wait(
+            "kube-controller-manager",
+            "the default ServiceAccount was not created",
+            lambda: admin.get("/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
+        )
+        if self.settings.install_crds:
+            self._install_crds()
+        layout.cluster_file.write_text(json.dumps({"server": server, "ports": ports}, indent=2) + "\n")
+        return Cluster(layout=layout, server=server, started_here=True, _children=self.children)
+
+    def _ports(self) -> dict[str, int]:
+        ports = {name: self.settings.ports.get(name) or procs.free_port() for name in PORT_NAMES}
+        if len(set(ports.values())) != len(ports):  # the kernel may hand a port back twice in a row
+            return self._ports()
+        return ports
+
+    def _start(self, name: str, argv: list[str], port: int, healthy: Callable[[], bool]) -> None:
+        log = self.layout.log(name)
+        if procs.port_in_use(port):
+            raise DevclusterError(name, f"port 127.0.0.1:{port} is already in use", log)
+        env = None
+        if name == "kwok":
+            self.layout.kwok_home.mkdir(parents=True, exist_ok=True)
+            env = {**os.environ, "HOME": str(self.layout.kwok_home)}
+        process = procs.start(argv, log, procs.RunFiles(self.layout.run_dir, name), env=env)
+        self.children.append(process)
+        self.processes[name] = process
+        self._wait(name, "did not become healthy", healthy)
+
+    def _wait(self, name: str, what: str, condition: Callable[[], bool]) -> None:
+        timeout = self.settings.component_timeout_s
+        if wait_until(condition, timeout, still_running=self._all_running):
+            return
+        dead = next((n for n, p in self.processes.items() if p.poll() is not None), None)
+        if dead is not None:
+            code = self.processes[dead].returncode
+            raise DevclusterError(dead, _exit_cause(self.layout.log(dead), code), self.layout.log(dead))
+        raise DevclusterError(name, f"{what} within {timeout:.0f}s", self.layout.log(name))
+
+    def _all_running(self) -> bool:
+        return all(process.poll() is None for process in self.processes.values())
+
+    @staticmethod
+    def _http_ok(port: int, path: str) -> Callable[[], bool]:
+        return lambda: probe(f"http://127.0.0.1:{port}{path}")
+
+    @staticmethod
+    def _https_ok(port: int) -> Callable[[], bool]:
+        return lambda: probe(f"https://127.0.0.1:{port}/healthz")
+
+    def _install_crds(self) -> None:
+        log = self.layout.log("crds")
+        files = self.layout.crd_files
+        names = [name for path in files for name in _crd_names(path)]
+        apply = ["apply", "--server-side", "--force-conflicts", *(f"--filename={path}" for path in files)]
+        wait = ["wait", "--for=condition=Established", f"--timeout={CRD_ESTABLISHED_TIMEOUT_S}s"]
+        for args in (apply, [*wait, *(f"crd/{name}" for name in names)]):
+            self._kubectl_logged(args, log)
+
+    def _kubectl_logged(self, args: list[str], log: Path) -> None:
+        argv = [str(self.layout.binary("kubectl")), f"--kubeconfig={self.layout.kubeconfig}", *args]
+        with open(log, "ab") as out:
+            result = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False)
+        if result.returncode != 0:
+            raise DevclusterError("crds", f"`kubectl {args[0]}` of the fixture CRDs failed", log)
+
+
+def _exit_cause(log: Path, code: int | None) -> str:
+    text = log.read_text(errors="replace") if log.exists() else ""
+    if "address already in use" in text:
+        return f"exited with code {code}: a port it needs is already in use"
+    last = next((line.strip() for line in reversed(text.splitlines()) if line.strip()), "")
+    return f"exited with code {code}" + (f": {last[:200]}" if last else "")
+
+
+def _fake_node() -> dict[str, Any]:
+    """The one kwok node: plenty of room, no taint, so plain Deployments schedule onto it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": NODE_NAME,
+            "annotations": {
+                components.KWOK_NODE_ANNOTATION: components.KWOK_NODE_ANNOTATION_VALUE,
+                "node.alpha.kubernetes.io/ttl": "0",
+            },
+            "labels": {
+                "type": "kwok",
+                "kubernetes.io/hostname": NODE_NAME,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+            },
+        },
+        "spec": {},
+        "status": {"allocatable": dict(NODE_CAPACITY), "capacity": dict(NODE_CAPACITY)},
+    }
+
+
+def _node_ready(client: ApiClient) -> bool:
+    code, node = client.get(f"/api/v1/nodes/{NODE_NAME}")
+    if code != 200:
+        return False
+    conditions = node.get("status", {}).get("conditions", [])
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    return ready and not node.get("spec", {}).get("taints")
+
+
+def _crd_names(path: Path) -> list[str]:
+    with open(path) as stream:
+        documents = list(yaml.safe_load_all(stream))
+    return [
+        doc["metadata"]["name"] for doc in documents if doc and doc.get("kind") == "CustomResourceDefinition"
+    ]
+
+
+def _write_kubeconfigs(layout: Layout, pki_files: pki.Pki, server: str) -> None:
+    _write_kubeconfig(layout.kubeconfig, pki_files, pki.ADMIN, server)
+    for name, identity in (
+        ("kube-controller-manager", pki.CONTROLLER_MANAGER),
+        ("kube-scheduler", pki.SCHEDULER),
+        ("kwok", pki.KWOK),
+    ):
+        _write_kubeconfig(layout.component_kubeconfig(name), pki_files, identity, server)
+
+
+def _write_kubeconfig(path: Path, pki_files: pki.Pki, identity: pki.ClientIdentity, server: str) -> None:
+    """A self-contained kubeconfig (certificates inlined), so it can be copied anywhere on this machine."""
+
+    def inline(file: Path) -> str:
+        return base64.b64encode(file.read_bytes()).decode()
+
+    config: Mapping[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "devcluster",
+                "cluster": {"server": server, "certificate-authority-data": inline(pki_files.ca_cert)},
+            }
+        ],
+        "users": [
+            {
+                "name": identity.user,
+                "user": {
+                    "client-certificate-data": inline(pki_files.client_cert(identity)),
+                    "client-key-data": inline(pki_files.client_key(identity)),
+                },
+            }
+        ],
+        "contexts": [{"name": "devcluster", "context": {"cluster": "devcluster", "user": identity.user}}],
+        "current-context": "devcluster",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(yaml.safe_dump(dict(config), sort_keys=False))

@@ -1,0 +1,115 @@
+"""Where the devcluster keeps its files, and the settings a caller may override (tests: a temp state dir)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STATE_DIR_NAME = ".devcluster"
+FIXTURES_ENV = "CANARIA_FIXTURES"
+
+# Start order; `down` stops in reverse.
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+BINARIES = (*COMPONENTS, "kubectl")
+
+# The ports a cluster listens on, all on 127.0.0.1. Any of them can be fixed through Settings.ports.
+PORT_NAMES = (
+    "etcd",
+    "etcd-peer",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok",
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a caller may change; every field defaults to the repository's own `.devcluster`."""
+
+    state_dir: Path | None = None  # default: <root>/.devcluster
+    bin_dir: Path | None = None  # default: <state_dir>/bin (the symlink build.sh maintains)
+    ports: Mapping[str, int] = field(default_factory=dict)  # fixed ports by PORT_NAMES entry; others free
+    fixtures_dir: Path | None = None  # default: $CANARIA_FIXTURES or <root>/../shared/fixtures
+    install_crds: bool = True
+    component_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The absolute paths of one devcluster's files."""
+
+    root: Path
+    state_dir: Path
+    bin_dir: Path
+    fixtures_dir: Path
+
+    @classmethod
+    def resolve(cls, root: Path, settings: Settings) -> Layout:
+        root = root.resolve()
+        state_dir = (settings.state_dir or root / STATE_DIR_NAME).resolve()
+        fixtures = settings.fixtures_dir or Path(
+            os.environ.get(FIXTURES_ENV) or root.parent / "shared" / "fixtures"
+        )
+        return cls(
+            root=root,
+            state_dir=state_dir,
+            # Not resolved: `.devcluster/bin` is a symlink into the build cache and shows up in messages.
+            bin_dir=Path(os.path.abspath(settings.bin_dir or state_dir / "bin")),
+            fixtures_dir=fixtures.resolve(),
+        )
+
+    def binary(self, name: str) -> Path:
+        return self.bin_dir / name
+
+    @property
+    def kwok_stages(self) -> Path:
+        """kwok's default Stages, written by build.sh from the pinned kwok module."""
+        return self.bin_dir / "kwok-stages.yaml"
+
+    @property
+    def crd_files(self) -> list[Path]:
+        return sorted((self.fixtures_dir / "crds").glob("*.yaml"))
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.state_dir / "pki"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "run"
+
+    @property
+    def etcd_data_dir(self) -> Path:
+        return self.state_dir / "etcd"
+
+    @property
+    def kwok_home(self) -> Path:
+        """kwok's HOME, so it never picks up a developer's ~/.kwok/kwok.yaml."""
+        return self.state_dir / "kwok-home"
+
+    @property
+    def kubeconfig(self) -> Path:
+        """The admin kubeconfig, the one users and tests point KUBECONFIG at."""
+        return self.state_dir / "kubeconfig"
+
+    def component_kubeconfig(self, name: str) -> Path:
+        return self.state_dir / "kubeconfigs" / f"{name}.kubeconfig"
+
+    @property
+    def cluster_file(self) -> Path:
+        """The running cluster's address and ports, written once `up` succeeded."""
+        return self.state_dir / "cluster.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.state_dir / ".lock"
+
+    def log(self, component: str) -> Path:
+        return self.logs_dir / f"{component}.log"
