@@ -83,10 +83,13 @@ class Cluster:
             with contextlib.suppress(OSError, subprocess.TimeoutExpired):
                 child.wait(timeout=1)
 
-    def kubectl(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess:
         """Runs this cluster's kubectl against it, capturing text output."""
         return subprocess.run(
             [str(self.layout.binary("kubectl")), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input,
             capture_output=True,
             text=True,
             check=check,
