@@ -1,0 +1,58 @@
+"""Kopf handlers: decorators only; each one runs a reconcile pass (canaria.reconcile)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import kopf
+
+from canaria import render, schema
+from canaria.kube import Kube
+from canaria.reconcile import reconcile
+from canaria.render import Settings
+
+RESYNC_SECONDS = 300  # reads only; picks up what no watch reports (e.g. a CRD installed later)
+CHILD_FILTER = {render.MANAGED_BY: "canaria"}
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # Status and the last-handled spec live in the object; Kopf's own bookkeeping goes to annotations
+    # under our prefix, never into status (which the operator owns).
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=schema.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=schema.GROUP, key="last-handled-configuration")
+    settings.posting.level = logging.WARNING  # our own Events say what matters; no "handler succeeded"
+    settings.watching.server_timeout = 270
+    settings.batching.worker_limit = int(os.environ.get("CANARIA_WORKERS", "20"))
+    memo.kube = Kube()
+    memo.settings = Settings(
+        packager_image=os.environ.get("CANARIA_PACKAGER_IMAGE", Settings.packager_image),
+        cluster_domain=os.environ.get("CANARIA_CLUSTER_DOMAIN", Settings.cluster_domain),
+    )
+
+
+@kopf.on.resume(schema.GROUP, schema.VERSION, schema.PLURAL)
+@kopf.on.create(schema.GROUP, schema.VERSION, schema.PLURAL)
+@kopf.on.update(schema.GROUP, schema.VERSION, schema.PLURAL)
+def model_deployment_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    reconcile(memo.kube, namespace, name, memo.settings)
+
+
+@kopf.timer(schema.GROUP, schema.VERSION, schema.PLURAL, interval=RESYNC_SECONDS, idle=RESYNC_SECONDS)
+def resync(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    reconcile(memo.kube, namespace, name, memo.settings)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=CHILD_FILTER)
+@kopf.on.event("v1", "services", labels=CHILD_FILTER)
+@kopf.on.event("v1", "configmaps", labels=CHILD_FILTER)
+@kopf.on.event("v1", "pods", labels=CHILD_FILTER)
+@kopf.on.event("monitoring.coreos.com", "v1", "servicemonitors", labels=CHILD_FILTER)
+def child_changed(namespace: str, labels: dict[str, str], memo: kopf.Memo, **_: Any) -> None:
+    """A child changed (its status, a hand edit, a deletion): repair drift and refresh status."""
+    owner = labels.get(render.OWNER_LABEL)
+    if owner:
+        reconcile(memo.kube, namespace, owner, memo.settings)

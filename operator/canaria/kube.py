@@ -1,0 +1,147 @@
+"""The one layer that talks to the Kubernetes API.
+
+Server-side apply with one field manager, status written through the status subresource, and every
+API error mapped in one place: transient ones to Kopf's TemporaryError (Kopf retries with backoff),
+rejections of what we sent to `Rejected` (the user's input is wrong; reconcile reports it in status).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import urlencode
+
+import kopf
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from canaria import schema
+from canaria.spec import Object
+
+log = logging.getLogger(__name__)
+
+FIELD_MANAGER = "canaria"
+RETRY_DELAY_SECONDS = 10
+
+# (apiVersion, kind) -> plural, for every kind the operator reads or writes. All are namespaced.
+PLURALS = {
+    ("v1", "ConfigMap"): "configmaps",
+    ("v1", "Service"): "services",
+    ("v1", "Pod"): "pods",
+    ("v1", "Secret"): "secrets",
+    ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",
+    ("apps/v1", "Deployment"): "deployments",
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitors",
+    (f"{schema.GROUP}/{schema.VERSION}", schema.KIND): schema.PLURAL,
+}
+
+
+class Rejected(Exception):
+    """The API server refused an object we rendered from the user's spec (HTTP 400/422)."""
+
+
+def collection_path(api_version: str, kind: str, namespace: str) -> str:
+    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    return f"{prefix}/namespaces/{namespace}/{PLURALS[(api_version, kind)]}"
+
+
+def object_path(obj: Object) -> str:
+    meta = obj["metadata"]
+    return f"{collection_path(obj['apiVersion'], obj['kind'], meta['namespace'])}/{meta['name']}"
+
+
+class Kube:
+    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+        self.api = api_client or new_api_client()
+
+    def request(self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None,
+                content_type: str = "application/json") -> Any:
+        """One API call; returns the decoded JSON body, or None for 404 on a read."""
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        encoded = None if body is None else json.dumps(body)
+        resource = f"{path}?{urlencode(query)}" if query else path
+        method, url, headers, _, _ = self.api.param_serialize(method, resource, header_params=headers,
+                                                              auth_settings=["BearerToken"])
+        try:
+            response = self.api.call_api(method, url, header_params=headers, body=encoded,
+                                         _request_timeout=30)
+            data = response.read()
+            status = response.status
+        except ApiException as error:  # transport errors surface as status 0
+            raise kopf.TemporaryError(f"{method} {path}: {error.reason}", delay=RETRY_DELAY_SECONDS) from error
+        if status == 404 and method in ("GET", "DELETE"):  # reading or deleting what is gone
+            return None
+        if 200 <= status < 300:
+            return json.loads(data) if data else None
+        raise _mapped_error(method, path, status, data)
+
+    # -- reads --
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Object | None:
+        result: Object | None = self.request("GET", f"{collection_path(api_version, kind, namespace)}/{name}")
+        return result
+
+    def list(self, api_version: str, kind: str, namespace: str, labels: dict[str, str]) -> list[Object]:
+        selector = ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+        result = self.request("GET", collection_path(api_version, kind, namespace),
+                              query={"labelSelector": selector})
+        items: list[Object] = (result or {}).get("items", [])
+        return items
+
+    def serves(self, api_version: str, kind: str) -> bool:
+        """Whether the cluster serves this kind (e.g. the ServiceMonitor CRD is installed)."""
+        prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+        discovery = self.request("GET", prefix)
+        return any(r.get("kind") == kind for r in (discovery or {}).get("resources", []))
+
+    # -- writes --
+
+    def apply(self, obj: Object) -> Object:
+        result: Object = self.request("PATCH", object_path(obj), body=obj,
+                                      query={"fieldManager": FIELD_MANAGER, "force": "true"},
+                                      content_type="application/apply-patch+yaml")
+        return result
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        path = f"{collection_path(api_version, kind, namespace)}/{name}"
+        self.request("DELETE", path, body={"propagationPolicy": "Background"})
+
+    def patch_status(self, md: Object, status: Object) -> None:
+        """Replace status with a merge patch (fields we dropped are nulled)."""
+        old = md.get("status") or {}
+        patch = {**{key: None for key in old if key not in status}, **status}
+        self.request("PATCH", f"{object_path(md)}/status", body={"status": patch},
+                     content_type="application/merge-patch+json")
+
+    def event(self, md: Object, type_: str, reason: str, message: str, now: str) -> None:
+        meta = md["metadata"]
+        self.request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body={
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": md["apiVersion"], "kind": md["kind"], "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta["uid"]},
+            "type": type_, "reason": reason, "message": message[:1024],
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "source": {"component": "canaria"}, "reportingComponent": "canaria",
+        })
+
+
+def _mapped_error(method: str, path: str, status: int, data: bytes) -> Exception:
+    try:
+        message = json.loads(data).get("message", "")
+    except ValueError:
+        message = data.decode(errors="replace")[:500]
+    if status in (400, 422):
+        return Rejected(message)
+    if status in (409, 429) or status >= 500:
+        return kopf.TemporaryError(f"{method} {path}: {status} {message}", delay=RETRY_DELAY_SECONDS)
+    return kopf.PermanentError(f"{method} {path}: {status} {message}")
+
+
+def new_api_client() -> client.ApiClient:
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()

@@ -1,0 +1,190 @@
+"""One reconcile pass: observe (reads) -> decide (pure) -> apply (writes) -> one status write.
+
+Every pass is idempotent and starts from what the API says now, so the operator may restart at any
+point. A pass that finds everything as desired writes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from canaria import render, schema, spec, status
+from canaria.kube import Kube, Rejected
+from canaria.render import STABLE, Settings
+from canaria.spec import Object
+from canaria.status import Facts, Problem
+
+MD_API_VERSION = f"{schema.GROUP}/{schema.VERSION}"
+SERVICE_MONITOR_API = "monitoring.coreos.com/v1"
+APPLIED_HASH_ANNOTATION = f"{schema.GROUP}/applied-hash"
+
+
+@dataclass
+class Observation:
+    """The world as one pass read it."""
+
+    children: dict[tuple[str, str], Object | None] = field(default_factory=dict)  # (kind, name) -> object
+    service_monitor_api: bool = False
+    unresolved: list[Problem] = field(default_factory=list)
+    pods: list[Object] = field(default_factory=list)
+
+
+# -- decide (pure) ----------------------------------------------------------------------------------------
+
+
+def with_applied_hash(obj: Object) -> Object:
+    """Stamp the object with a hash of itself: a changed desired state (a removed field included) shows
+    as a changed hash, which a comparison with the live object alone would miss."""
+    stamped = {**obj, "metadata": {**obj["metadata"]}}
+    annotations = dict(stamped["metadata"].get("annotations") or {})
+    annotations[APPLIED_HASH_ANNOTATION] = render.content_hash(obj)
+    stamped["metadata"]["annotations"] = annotations
+    return stamped
+
+
+def is_subset(desired: Any, live: Any) -> bool:
+    """Whether every field we set has the same value in the live object (server defaults may add more).
+    Lists must have the same length: an element added by hand is drift too."""
+    if isinstance(desired, dict):
+        return isinstance(live, dict) and all(k in live and is_subset(v, live[k]) for k, v in desired.items())
+    if isinstance(desired, list):
+        return (isinstance(live, list) and len(desired) == len(live)
+                and all(is_subset(d, x) for d, x in zip(desired, live, strict=True)))
+    return bool(desired == live)
+
+
+def needs_apply(desired: Object, live: Object | None) -> bool:
+    return live is None or not is_subset(desired, live)
+
+
+def desired_children(md: Object, settings: Settings, service_monitor_api: bool) -> list[Object]:
+    model = md["spec"]["model"]
+    replicas = md["spec"]["serving"]["replicas"]
+    children = [
+        render.config_map(md, STABLE, model),
+        render.deployment(md, STABLE, model, replicas, settings),
+        render.service(md),
+    ]
+    if md["spec"]["monitoring"]["serviceMonitor"]["enabled"] and service_monitor_api:
+        children.append(render.service_monitor(md))
+    return [with_applied_hash(child) for child in children]
+
+
+def unwanted_children(md: Object, observation: Observation) -> list[tuple[str, str, str]]:
+    """(apiVersion, kind, name) of children that exist but should not (a ServiceMonitor switched off)."""
+    name = render.service_name(md)
+    switched_off = not md["spec"]["monitoring"]["serviceMonitor"]["enabled"]
+    if switched_off and observation.children.get(("ServiceMonitor", name)):
+        return [(SERVICE_MONITOR_API, "ServiceMonitor", name)]
+    return []
+
+
+def service_monitor_problem(md: Object, api_served: bool) -> Problem | None:
+    if not md["spec"]["monitoring"]["serviceMonitor"]["enabled"]:
+        return Problem("Disabled", "spec.monitoring.serviceMonitor.enabled is false")
+    if not api_served:
+        return Problem("CRDNotInstalled", "the ServiceMonitor CRD (monitoring.coreos.com/v1) is not installed: "
+                       "install the Prometheus Operator's CRDs, or set spec.monitoring.serviceMonitor.enabled "
+                       "to false")
+    return None
+
+
+def facts_of(md: Object, observation: Observation, applied: list[Object], rejected: list[Problem],
+             settings: Settings) -> Facts:
+    wanted = md["spec"]["serving"]["replicas"]
+    deployment = observation.children.get(("Deployment", render.deployment_name(md, STABLE)))
+    complete, ready = status.deployment_complete(deployment, wanted)
+    changed_deployment = any(obj["kind"] == "Deployment" for obj in applied)
+    failures = [*rejected, *status.pod_failures(observation.pods)]
+    if status.progress_deadline_exceeded(deployment) and not changed_deployment:
+        failures.append(Problem("ProgressDeadlineExceeded", "the new pods did not become ready within 10 "
+                                "minutes: see `kubectl describe pods -l "
+                                f"{render.OWNER_LABEL}={md['metadata']['name']}`"))
+    return Facts(
+        generation=md["metadata"].get("generation", 0),
+        version=md["spec"]["model"]["version"],
+        wanted_replicas=wanted,
+        ready_replicas=ready,
+        rollout_complete=complete and not changed_deployment and not observation.unresolved,
+        unresolved=observation.unresolved,
+        failures=failures,
+        service_monitor=service_monitor_problem(md, observation.service_monitor_api),
+        url=render.inference_url(md, settings),
+    )
+
+
+# -- observe (reads only) ---------------------------------------------------------------------------------
+
+
+def unresolved_references(kube: Kube, md: Object) -> list[Problem]:
+    namespace = md["metadata"]["namespace"]
+    model = md["spec"]["model"]
+    problems = []
+    pvc = spec.pvc_source(model)
+    if pvc and kube.get("v1", "PersistentVolumeClaim", namespace, pvc[0]) is None:
+        problems.append(Problem("PVCNotFound", f"spec.model.storageUri: PersistentVolumeClaim {pvc[0]!r} "
+                                f"does not exist in namespace {namespace}: create it or fix the URI"))
+    secret = (model.get("s3") or {}).get("credentialsSecret")
+    if secret and kube.get("v1", "Secret", namespace, secret) is None:
+        problems.append(Problem("SecretNotFound", f"spec.model.s3.credentialsSecret: Secret {secret!r} does "
+                                f"not exist in namespace {namespace}: create it or fix the name"))
+    return problems
+
+
+def observe(kube: Kube, md: Object) -> Observation:
+    namespace = md["metadata"]["namespace"]
+    observation = Observation(service_monitor_api=kube.serves(SERVICE_MONITOR_API, "ServiceMonitor"))
+    kinds = [("v1", "ConfigMap", render.config_map_name(md, STABLE)),
+             ("apps/v1", "Deployment", render.deployment_name(md, STABLE)),
+             ("v1", "Service", render.service_name(md))]
+    if observation.service_monitor_api:
+        kinds.append((SERVICE_MONITOR_API, "ServiceMonitor", render.service_name(md)))
+    for api_version, kind, name in kinds:
+        observation.children[(kind, name)] = kube.get(api_version, kind, namespace, name)
+    observation.unresolved = unresolved_references(kube, md)
+    observation.pods = kube.list("v1", "Pod", namespace, render.track_labels(md, STABLE))
+    return observation
+
+
+# -- one pass -----------------------------------------------------------------------------------------------
+
+_locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def reconcile(kube: Kube, namespace: str, name: str, settings: Settings) -> Object | None:
+    """Bring one ModelDeployment's children and status in line with its spec. Returns the new status."""
+    with _locks[(namespace, name)]:  # child events and spec changes may arrive at once
+        live = kube.get(MD_API_VERSION, schema.KIND, namespace, name)
+        if live is None or live["metadata"].get("deletionTimestamp"):
+            return None
+        md = spec.defaulted(live)
+        observation = observe(kube, md)
+        applied, rejected = [], []
+        if not observation.unresolved:  # never touch what serves while a reference is broken
+            for desired in desired_children(md, settings, observation.service_monitor_api):
+                if needs_apply(desired, observation.children.get((desired["kind"], desired["metadata"]["name"]))):
+                    try:
+                        kube.apply(desired)
+                        applied.append(desired)
+                    except Rejected as error:
+                        rejected.append(Problem("Rejected", f"the API server rejected {desired['kind']} "
+                                                f"{desired['metadata']['name']}: {error}"))
+            for api_version, kind, child in unwanted_children(md, observation):
+                kube.delete(api_version, kind, namespace, child)
+        now = utc_now()
+        old = live.get("status") or {}
+        new = status.derive(old, facts_of(md, observation, applied, rejected, settings), now)
+        if new != old:
+            kube.patch_status(live, new)
+            event = status.transition_event(old, new)
+            if event:
+                kube.event(live, *event, now=now)
+        return new

@@ -1,0 +1,172 @@
+"""Pure status logic: conditions that keep lastTransitionTime, and Ready derived from the parts.
+
+Condition types follow kstatus: `Reconciling` and `Stalled` are abnormal-true; `Ready` is what
+`kubectl wait --for=condition=Ready` waits for. The parts: `ResolvedRefs` (PVC, Secret exist),
+`Available` (the stable pods serve the model), `ServiceMonitorReady`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from canaria.spec import Object
+
+
+def set_condition(conditions: list[Object], type_: str, status: bool | None, reason: str, message: str,
+                  generation: int, now: str) -> list[Object]:
+    """A new list with `type_` set; lastTransitionTime changes only when the status value changes."""
+    value = {True: "True", False: "False", None: "Unknown"}[status]
+    old = next((c for c in conditions if c["type"] == type_), None)
+    since = old["lastTransitionTime"] if old and old.get("status") == value else now
+    new = {"type": type_, "status": value, "reason": reason, "message": message,
+           "lastTransitionTime": since, "observedGeneration": generation}
+    return [c for c in conditions if c["type"] != type_] + [new]
+
+
+def condition(status: Object, type_: str) -> Object | None:
+    return next((c for c in status.get("conditions", []) if c["type"] == type_), None)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something that keeps the ModelDeployment from its spec, with the fix in the message."""
+
+    reason: str
+    message: str
+
+
+@dataclass
+class Facts:
+    """What one reconcile pass saw and did, reduced to what status needs."""
+
+    generation: int
+    version: str
+    wanted_replicas: int
+    ready_replicas: int = 0
+    rollout_complete: bool = False  # the stable Deployment runs the current template everywhere
+    unresolved: list[Problem] = field(default_factory=list)  # missing PVC/Secret: nothing was applied
+    failures: list[Problem] = field(default_factory=list)  # packaging failed, crash loop, rejected child
+    service_monitor: Problem | None = None  # why there is no ServiceMonitor, if there is none
+    url: str = ""
+
+
+def pod_failures(pods: list[Object]) -> list[Problem]:
+    """Failures of serving pods that waiting will not fix: the init container (packaging) failed, or
+    a container crash-loops. The termination message carries the packager's one-line reason."""
+    problems: list[Problem] = []
+    for pod in pods:
+        status = pod.get("status") or {}
+        for init in status.get("initContainerStatuses") or []:
+            terminated = _terminated(init)
+            if terminated and terminated.get("exitCode", 0) != 0:
+                message = (terminated.get("message") or terminated.get("reason") or "").strip()
+                problems.append(Problem("PackagingFailed", f"packaging the model failed in pod "
+                                        f"{pod['metadata']['name']}: {message}"))
+        for container in status.get("containerStatuses") or []:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") == "CrashLoopBackOff":
+                last = _terminated(container) or {}
+                detail = (last.get("message") or last.get("reason") or "").strip()
+                problems.append(Problem("CrashLoop", f"container {container['name']} of pod "
+                                        f"{pod['metadata']['name']} keeps crashing: {detail}"))
+    return _unique(problems)
+
+
+def _terminated(container_status: Object) -> Object | None:
+    state = container_status.get("state") or {}
+    return state.get("terminated") or (container_status.get("lastState") or {}).get("terminated")
+
+
+def _unique(problems: list[Problem]) -> list[Problem]:
+    seen: dict[str, Problem] = {}
+    for problem in problems:
+        seen.setdefault(problem.reason, problem)
+    return list(seen.values())
+
+
+def deployment_complete(deployment: Object | None, wanted: int) -> tuple[bool, int]:
+    """(rolled out and fully ready, ready pods) of a Deployment as read from the API."""
+    if deployment is None:
+        return False, 0
+    status = deployment.get("status") or {}
+    ready = int(status.get("readyReplicas") or 0)
+    complete = (status.get("observedGeneration") == deployment["metadata"].get("generation")
+                and int(status.get("updatedReplicas") or 0) == wanted
+                and int(status.get("replicas") or 0) == wanted
+                and ready == wanted)
+    return complete, ready
+
+
+def progress_deadline_exceeded(deployment: Object | None) -> bool:
+    conditions = ((deployment or {}).get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded"
+               for c in conditions)
+
+
+def derive(old: Object, facts: Facts, now: str) -> Object:
+    """The new status from the old one and this pass's facts."""
+    generation = facts.generation
+    conditions = list(old.get("conditions", []))
+
+    def put(type_: str, status: bool | None, reason: str, message: str) -> None:
+        nonlocal conditions
+        conditions = set_condition(conditions, type_, status, reason, message, generation, now)
+
+    unresolved = facts.unresolved
+    put("ResolvedRefs", not unresolved, unresolved[0].reason if unresolved else "AllResolved",
+        "; ".join(p.message for p in unresolved) or "the model's PVC and Secret references exist")
+    serving = facts.ready_replicas > 0
+    put("Available", serving, "ModelLoaded" if serving else "NoReadyPods",
+        f"{facts.ready_replicas} of {facts.wanted_replicas} pods have the model loaded")
+    monitor = facts.service_monitor
+    put("ServiceMonitorReady", monitor is None, monitor.reason if monitor else "Created",
+        monitor.message if monitor else "the ServiceMonitor exists")
+
+    blocking = unresolved + facts.failures
+    ready = not blocking and facts.rollout_complete
+    if ready:
+        reason, message = "Serving", f"version {facts.version} serves with {facts.ready_replicas} ready pods"
+    elif blocking:
+        reason, message = blocking[0].reason, "; ".join(p.message for p in blocking)
+    else:
+        reason, message = "RollingOut", (f"waiting for the pods of version {facts.version}: "
+                                         f"{facts.ready_replicas} of {facts.wanted_replicas} ready")
+    put("Ready", ready, reason, message)
+    put("Stalled", bool(blocking), reason if blocking else "NotStalled", message if blocking else "")
+    put("Reconciling", not ready and not blocking, reason if not ready and not blocking else "Reconciled",
+        message if not ready and not blocking else "")
+
+    if ready:
+        phase = "Serving"
+    elif blocking:
+        phase = "Degraded" if serving else "Failed"
+    else:
+        phase = "Progressing" if old.get("stableVersion") and serving else "Pending"
+
+    new: dict[str, Any] = {
+        "observedGeneration": generation,
+        "phase": phase,
+        "message": message,
+        "stableVersion": facts.version if ready else old.get("stableVersion", ""),
+        "canaryVersion": "",
+        "canaryWeight": 0,
+        "replicas": facts.wanted_replicas,
+        "readyReplicas": facts.ready_replicas,
+        "ready": f"{facts.ready_replicas}/{facts.wanted_replicas}",
+        "url": facts.url,
+        "conditions": sorted(conditions, key=lambda c: c["type"]),
+    }
+    for key in ("modelDigest", "rollout"):
+        if key in old:
+            new[key] = old[key]
+    return new
+
+
+def transition_event(old: Object, new: Object) -> tuple[str, str, str] | None:
+    """(type, reason, message) of an Event when the phase or the Ready reason changed, else None."""
+    old_ready, new_ready = condition(old, "Ready") or {}, condition(new, "Ready") or {}
+    if old.get("phase") == new["phase"] and old_ready.get("reason") == new_ready.get("reason"):
+        return None
+    warning = new["phase"] in ("Degraded", "Failed")
+    return ("Warning" if warning else "Normal", new_ready.get("reason", new["phase"]), new["message"])

@@ -1,0 +1,76 @@
+"""The pure parts of a reconcile pass: what to apply, what counts as drift."""
+
+from __future__ import annotations
+
+import copy
+
+from canaria import reconcile, render
+from canaria.reconcile import Observation
+from canaria.render import Settings
+from tests.unit.conftest import model_deployment
+
+SETTINGS = Settings()
+
+
+def live_copy(obj, **server_additions):
+    live = copy.deepcopy(obj)
+    live["metadata"].update({"resourceVersion": "7", "uid": "child"})
+    live.update(server_additions)
+    return live
+
+
+def test_children_are_stamped_with_a_hash_of_themselves(md):
+    children = reconcile.desired_children(md, SETTINGS, service_monitor_api=True)
+    assert [c["kind"] for c in children] == ["ConfigMap", "Deployment", "Service", "ServiceMonitor"]
+    for child in children:
+        assert reconcile.APPLIED_HASH_ANNOTATION in child["metadata"]["annotations"]
+
+
+def test_no_service_monitor_without_its_crd_or_when_disabled():
+    kinds = [c["kind"] for c in reconcile.desired_children(model_deployment(), SETTINGS, False)]
+    assert "ServiceMonitor" not in kinds
+    disabled = model_deployment(monitoring={"serviceMonitor": {"enabled": False}})
+    assert "ServiceMonitor" not in [c["kind"] for c in reconcile.desired_children(disabled, SETTINGS, True)]
+
+
+def test_live_object_with_server_defaults_needs_no_apply(md):
+    desired = reconcile.desired_children(md, SETTINGS, True)[1]
+    live = live_copy(desired, status={"readyReplicas": 1})
+    live["spec"]["template"]["spec"]["dnsPolicy"] = "ClusterFirst"
+    assert reconcile.needs_apply(desired, live) is False
+
+
+def test_hand_edits_are_drift(md):
+    desired = reconcile.desired_children(md, SETTINGS, True)[1]
+    scaled = live_copy(desired)
+    scaled["spec"]["replicas"] = 5
+    assert reconcile.needs_apply(desired, scaled)
+    extra_env = live_copy(desired)
+    extra_env["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "X", "value": "1"}]
+    assert reconcile.needs_apply(desired, extra_env)
+    assert reconcile.needs_apply(desired, None)
+
+
+def test_a_removed_field_changes_the_hash_so_it_is_applied():
+    with_selector = model_deployment(serving={"nodeSelector": {"pool": "cpu"}})
+    live = live_copy(reconcile.desired_children(with_selector, SETTINGS, True)[1])
+    desired = reconcile.desired_children(model_deployment(), SETTINGS, True)[1]
+    assert reconcile.needs_apply(desired, live)
+
+
+def test_switched_off_service_monitor_is_deleted():
+    md = model_deployment(monitoring={"serviceMonitor": {"enabled": False}})
+    observation = Observation(children={("ServiceMonitor", "cifar10"): {"kind": "ServiceMonitor"}})
+    assert reconcile.unwanted_children(md, observation) == [("monitoring.coreos.com/v1", "ServiceMonitor",
+                                                             "cifar10")]
+    assert reconcile.unwanted_children(model_deployment(), observation) == []
+
+
+def test_facts_treat_a_deployment_changed_this_pass_as_not_rolled_out(md):
+    name = render.deployment_name(md, render.STABLE)
+    done = {"metadata": {"generation": 1}, "status": {"observedGeneration": 1, "replicas": 1,
+                                                      "updatedReplicas": 1, "readyReplicas": 1}}
+    observation = Observation(children={("Deployment", name): done}, service_monitor_api=True)
+    assert reconcile.facts_of(md, observation, [], [], SETTINGS).rollout_complete is True
+    applied = [{"kind": "Deployment"}]
+    assert reconcile.facts_of(md, observation, applied, [], SETTINGS).rollout_complete is False

@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+from canaria import status
+from canaria.status import Facts, Problem
+
+T0, T1 = "2026-11-28T00:00:00Z", "2026-11-28T00:05:00Z"
+
+
+def facts(**overrides) -> Facts:
+    base = {"generation": 2, "version": "1.0", "wanted_replicas": 2, "ready_replicas": 2,
+            "rollout_complete": True, "url": "http://cifar10.models.svc.cluster.local:8080/predictions/cifar10"}
+    return Facts(**{**base, **overrides})
+
+
+def conditions(new) -> dict[str, str]:
+    return {c["type"]: c["status"] for c in new["conditions"]}
+
+
+def test_ready_when_the_rollout_is_complete_and_nothing_blocks():
+    new = status.derive({}, facts(), T0)
+    assert new["phase"] == "Serving" and new["stableVersion"] == "1.0" and new["ready"] == "2/2"
+    assert conditions(new) == {"Ready": "True", "Reconciling": "False", "Stalled": "False",
+                               "Available": "True", "ResolvedRefs": "True", "ServiceMonitorReady": "True"}
+    assert new["observedGeneration"] == 2
+
+
+def test_pending_then_reconciling_while_pods_load():
+    new = status.derive({}, facts(ready_replicas=0, rollout_complete=False), T0)
+    assert new["phase"] == "Pending"
+    assert conditions(new)["Ready"] == "False" and conditions(new)["Reconciling"] == "True"
+    assert status.condition(new, "Ready")["reason"] == "RollingOut"
+
+
+def test_an_unresolved_reference_stalls_and_names_the_field_while_old_pods_serve():
+    problem = Problem("PVCNotFound", "spec.model.storageUri: PersistentVolumeClaim 'x' does not exist")
+    old = status.derive({}, facts(), T0)
+    new = status.derive(old, facts(unresolved=[problem], rollout_complete=False), T1)
+    assert new["phase"] == "Degraded"
+    assert new["stableVersion"] == "1.0"  # still serving the old version
+    stalled = status.condition(new, "Stalled")
+    assert stalled["status"] == "True" and stalled["reason"] == "PVCNotFound"
+    assert "spec.model.storageUri" in status.condition(new, "Ready")["message"]
+
+
+def test_failed_when_nothing_serves_and_something_blocks():
+    new = status.derive({}, facts(ready_replicas=0, rollout_complete=False,
+                                  failures=[Problem("PackagingFailed", "bad checksum")]), T0)
+    assert new["phase"] == "Failed" and conditions(new)["Ready"] == "False"
+
+
+def test_last_transition_time_changes_only_with_the_status_value():
+    first = status.derive({}, facts(), T0)
+    same = status.derive(first, facts(), T1)
+    assert same == first  # no change, so no status write
+    flipped = status.derive(first, facts(ready_replicas=1, rollout_complete=False), T1)
+    ready = status.condition(flipped, "Ready")
+    assert ready["lastTransitionTime"] == T1
+    assert status.condition(flipped, "ResolvedRefs")["lastTransitionTime"] == T0
+
+
+def test_service_monitor_problem_does_not_block_ready():
+    new = status.derive({}, facts(service_monitor=Problem("CRDNotInstalled", "install it")), T0)
+    assert conditions(new)["Ready"] == "True" and conditions(new)["ServiceMonitorReady"] == "False"
+
+
+def test_events_only_on_transitions():
+    first = status.derive({}, facts(ready_replicas=0, rollout_complete=False), T0)
+    assert status.transition_event({}, first) == ("Normal", "RollingOut", first["message"])
+    ready = status.derive(first, facts(), T1)
+    assert status.transition_event(first, ready)[1] == "Serving"
+    assert status.transition_event(ready, status.derive(ready, facts(), T1)) is None
+    broken = status.derive(ready, facts(failures=[Problem("CrashLoop", "boom")], rollout_complete=False), T1)
+    assert status.transition_event(ready, broken) == ("Warning", "CrashLoop", broken["message"])
+
+
+def pod(init_state=None, container_state=None, last=None):
+    body = {"metadata": {"name": "p"}, "status": {}}
+    if init_state:
+        body["status"]["initContainerStatuses"] = [{"name": "package", "state": init_state}]
+    if container_state:
+        body["status"]["containerStatuses"] = [{"name": "torchserve", "state": container_state,
+                                                "lastState": last or {}}]
+    return body
+
+
+def test_packaging_failure_surfaces_the_termination_message():
+    failed = pod(init_state={"terminated": {"exitCode": 2, "message": "canaria-package: bad checksum "
+                                            "(check spec.model.sha256)\n"}})
+    (problem,) = status.pod_failures([failed])
+    assert problem.reason == "PackagingFailed" and problem.message.endswith("(check spec.model.sha256)")
+    assert status.pod_failures([pod(init_state={"terminated": {"exitCode": 0}})]) == []
+
+
+def test_crash_loop_is_reported_with_the_last_reason():
+    looping = pod(container_state={"waiting": {"reason": "CrashLoopBackOff"}},
+                  last={"terminated": {"exitCode": 1, "reason": "OOMKilled"}})
+    (problem,) = status.pod_failures([looping])
+    assert problem.reason == "CrashLoop" and "OOMKilled" in problem.message
+
+
+def test_deployment_complete_needs_current_generation_and_all_ready():
+    dep = {"metadata": {"generation": 4}, "status": {"observedGeneration": 4, "replicas": 2,
+                                                     "updatedReplicas": 2, "readyReplicas": 2}}
+    assert status.deployment_complete(dep, 2) == (True, 2)
+    assert status.deployment_complete({**dep, "metadata": {"generation": 5}}, 2) == (False, 2)
+    surging = {**dep, "status": {**dep["status"], "replicas": 3}}
+    assert status.deployment_complete(surging, 2)[0] is False
+    assert status.deployment_complete(None, 2) == (False, 0)
