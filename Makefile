@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export KUBECONFIG := $(CURDIR)/.devcluster/kubeconfig
 export PATH := $(CURDIR)/.devcluster/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help venv tools cluster cluster-down demo test test-unit lint operator clean
+.PHONY: help venv tools cluster cluster-down demo test test-unit lint operator crds clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -29,10 +29,14 @@ cluster-down: ## Stop every process `make cluster` started and remove its state
 	@if [ -x $(PY) ]; then $(PY) -m devcluster down; else echo "no environment: nothing to stop"; fi
 
 demo: cluster ## The main job on the local cluster: CRD, operator, the CIFAR-10 example
-	bash hack/demo.sh
+	PYTHONPATH=$(CURDIR) $(PY) hack/demo.py
 
 operator: venv ## Run the operator in the foreground against $$KUBECONFIG
 	$(PY) -m canaria run
+
+crds: venv ## Regenerate the CRD files from operator/canaria/schema.py
+	$(PY) -m canaria crd > crds/serving.canaria.dev_modeldeployments.yaml
+	mkdir -p charts/canaria/crds && cp crds/serving.canaria.dev_modeldeployments.yaml charts/canaria/crds/
 
 lint: venv ## ruff, mypy and the import layers
 	$(VENV)/bin/ruff check .

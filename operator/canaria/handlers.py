@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
-from canaria import render, schema
+from canaria import render, schema, spec
 from canaria.kube import Kube
-from canaria.reconcile import reconcile
+from canaria.reconcile import MD_API_VERSION, reconcile
 from canaria.render import Settings
 
 RESYNC_SECONDS = 300  # reads only; picks up what no watch reports (e.g. a CRD installed later)
@@ -37,13 +38,13 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
 @kopf.on.resume(schema.GROUP, schema.VERSION, schema.PLURAL)
 @kopf.on.create(schema.GROUP, schema.VERSION, schema.PLURAL)
 @kopf.on.update(schema.GROUP, schema.VERSION, schema.PLURAL)
-def model_deployment_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    reconcile(memo.kube, namespace, name, memo.settings)
+def model_deployment_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    reconcile(memo.kube, str(namespace), name, memo.settings)
 
 
 @kopf.timer(schema.GROUP, schema.VERSION, schema.PLURAL, interval=RESYNC_SECONDS, idle=RESYNC_SECONDS)
-def resync(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    reconcile(memo.kube, namespace, name, memo.settings)
+def resync(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    reconcile(memo.kube, str(namespace), name, memo.settings)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=CHILD_FILTER)
@@ -51,8 +52,17 @@ def resync(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event("v1", "configmaps", labels=CHILD_FILTER)
 @kopf.on.event("v1", "pods", labels=CHILD_FILTER)
 @kopf.on.event("monitoring.coreos.com", "v1", "servicemonitors", labels=CHILD_FILTER)
-def child_changed(namespace: str, labels: dict[str, str], memo: kopf.Memo, **_: Any) -> None:
+def child_changed(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
     """A child changed (its status, a hand edit, a deletion): repair drift and refresh status."""
     owner = labels.get(render.OWNER_LABEL)
     if owner:
-        reconcile(memo.kube, namespace, owner, memo.settings)
+        reconcile(memo.kube, str(namespace), owner, memo.settings)
+
+
+@kopf.on.event("v1", "persistentvolumeclaims")
+def claim_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    """A model's PVC appeared or went away: the ModelDeployments that read from it learn at once."""
+    for md in memo.kube.list(MD_API_VERSION, schema.KIND, str(namespace), {}):
+        source = spec.pvc_source(md.get("spec", {}).get("model", {"storageUri": ""}))
+        if source and source[0] == name:
+            reconcile(memo.kube, str(namespace), md["metadata"]["name"], memo.settings)

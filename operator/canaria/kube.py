@@ -84,8 +84,8 @@ class Kube:
 
     def list(self, api_version: str, kind: str, namespace: str, labels: dict[str, str]) -> list[Object]:
         selector = ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
-        result = self.request("GET", collection_path(api_version, kind, namespace),
-                              query={"labelSelector": selector})
+        query = {"labelSelector": selector} if selector else None
+        result = self.request("GET", collection_path(api_version, kind, namespace), query=query)
         items: list[Object] = (result or {}).get("items", [])
         return items
 

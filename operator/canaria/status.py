@@ -169,4 +169,4 @@ def transition_event(old: Object, new: Object) -> tuple[str, str, str] | None:
     if old.get("phase") == new["phase"] and old_ready.get("reason") == new_ready.get("reason"):
         return None
     warning = new["phase"] in ("Degraded", "Failed")
-    return ("Warning" if warning else "Normal", new_ready.get("reason", new["phase"]), new["message"])
+    return ("Warning" if warning else "Normal", str(new_ready.get("reason", new["phase"])), str(new["message"]))

@@ -1,0 +1,123 @@
+"""Tier 2: the operator, run as a subprocess, against the real local control plane."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD = ROOT / "crds" / "serving.canaria.dev_modeldeployments.yaml"
+LOGS = ROOT / ".devcluster" / "logs"
+
+
+def kubectl_binary() -> str:
+    local = ROOT / ".devcluster" / "bin" / "kubectl"
+    return str(local) if local.exists() else "kubectl"
+
+
+def kubectl(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([kubectl_binary(), *args], input=input, capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
+    return result
+
+
+def get_json(*args: str) -> Any:
+    return json.loads(kubectl("get", *args, "-o", "json").stdout)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60, interval: float = 0.5, what: str = "") -> Any:
+    """Poll until predicate returns something truthy; fail with `what` after timeout."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}; last value: {last!r}")
+
+
+@pytest.fixture(scope="session")
+def crd_installed(cluster: Any) -> None:
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/modeldeployments.serving.canaria.dev")
+
+
+class Operator:
+    """`python -m canaria run` in a subprocess, logging to .devcluster/logs/operator-test.log."""
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = LOGS / "operator-test.log"
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        env = {**os.environ, "CANARIA_PACKAGER_IMAGE": "canaria-packager:test"}
+        self.process = subprocess.Popen([sys.executable, "-m", "canaria", "run"], stdout=log,
+                                        stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@pytest.fixture(scope="session")
+def operator(crd_installed: None) -> Iterator[Operator]:
+    running = Operator()
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+    assert "Traceback" not in running.log(), "the operator logged a traceback: see " + str(running.log_path)
+
+
+@pytest.fixture
+def namespace(cluster: Any) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    kubectl("create", "namespace", name)
+    yield name
+    kubectl("delete", "namespace", name, "--wait=false")
+
+
+def example_model_deployment(name: str = "cifar10", **spec: Any) -> dict[str, Any]:
+    body = {
+        "apiVersion": "serving.canaria.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": {"model": {"version": "1.0", "storageUri": "https://models.example/cifar10.tar.gz",
+                           "serializedFile": "cifar10.pt", "modelFile": "model.py",
+                           "handler": "image_classifier", "extraFiles": ["index_to_name.json"]}},
+    }
+    for section, values in spec.items():
+        body["spec"].setdefault(section, {}).update(values)
+    return body
+
+
+def apply(namespace: str, body: dict[str, Any]) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(body))
+
+
+def condition(md: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in md.get("status", {}).get("conditions", []) if c["type"] == type_), {})

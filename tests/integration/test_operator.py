@@ -1,0 +1,140 @@
+"""The operator against the real control plane: apply, Ready, edit, drift, delete, bad references."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.conftest import apply, condition, example_model_deployment, get_json, kubectl, wait_for
+
+pytestmark = pytest.mark.cluster
+
+
+def ready(namespace: str, name: str = "cifar10", timeout: str = "60s") -> dict:
+    kubectl("wait", "-n", namespace, "--for=condition=Ready", f"--timeout={timeout}", f"md/{name}")
+    return get_json("-n", namespace, f"md/{name}")
+
+
+def test_apply_creates_owned_children_and_becomes_ready(operator, namespace):
+    apply(namespace, example_model_deployment())
+    md = ready(namespace)
+    assert md["status"]["phase"] == "Serving"
+    assert md["status"]["stableVersion"] == "1.0"
+    assert md["status"]["ready"] == "1/1"
+    assert md["status"]["observedGeneration"] == md["metadata"]["generation"]
+    assert md["status"]["url"] == f"http://cifar10.{namespace}.svc.cluster.local:8080/predictions/cifar10"
+    for kind, name in [("deployment", "cifar10-stable"), ("configmap", "cifar10-stable-config"),
+                       ("service", "cifar10"), ("servicemonitor", "cifar10")]:
+        child = get_json("-n", namespace, kind, name)
+        (owner,) = child["metadata"]["ownerReferences"]
+        assert owner["uid"] == md["metadata"]["uid"], kind
+    service_ports = {p["port"] for p in get_json("-n", namespace, "service", "cifar10")["spec"]["ports"]}
+    assert service_ports == {8080, 8082}
+
+
+def test_printer_columns_show_phase_versions_and_readiness(operator, namespace):
+    apply(namespace, example_model_deployment())
+    ready(namespace)
+    table = kubectl("get", "md", "-n", namespace).stdout.split("\n")
+    assert table[0].split() == ["NAME", "PHASE", "STABLE", "CANARY", "WEIGHT", "READY", "AGE"]
+    row = table[1].split()
+    assert row[:3] == ["cifar10", "Serving", "1.0"] and "1/1" in row
+
+
+def test_serving_edit_updates_in_place(operator, namespace):
+    apply(namespace, example_model_deployment())
+    ready(namespace)
+    uid = get_json("-n", namespace, "deployment", "cifar10-stable")["metadata"]["uid"]
+    kubectl("patch", "-n", namespace, "md", "cifar10", "--type=merge",
+            "-p", '{"spec":{"serving":{"replicas":2,"batching":{"maxBatchSize":4}}}}')
+    md = wait_for(lambda: (m := get_json("-n", namespace, "md/cifar10"))["status"].get("ready") == "2/2"
+                  and condition(m, "Ready").get("status") == "True" and m, what="2/2 ready after the edit")
+    deployment = get_json("-n", namespace, "deployment", "cifar10-stable")
+    assert deployment["metadata"]["uid"] == uid  # updated, not recreated
+    assert deployment["spec"]["replicas"] == 2
+    config = get_json("-n", namespace, "configmap", "cifar10-stable-config")["data"]["config.properties"]
+    assert '"batchSize":4' in config
+    assert md["status"]["observedGeneration"] == md["metadata"]["generation"]
+
+
+def test_drift_is_repaired(operator, namespace):
+    apply(namespace, example_model_deployment())
+    ready(namespace)
+    kubectl("delete", "-n", namespace, "service", "cifar10")
+    wait_for(lambda: kubectl("get", "-n", namespace, "service", "cifar10", check=False).returncode == 0,
+             what="the deleted Service to be recreated")
+    kubectl("scale", "-n", namespace, "deployment", "cifar10-stable", "--replicas=3")
+    wait_for(lambda: get_json("-n", namespace, "deployment", "cifar10-stable")["spec"]["replicas"] == 1,
+             what="the hand-scaled Deployment to return to 1 replica")
+    kubectl("patch", "-n", namespace, "configmap", "cifar10-stable-config", "--type=merge",
+            "-p", '{"data":{"config.properties":"tampered"}}')
+    wait_for(lambda: "metrics_mode=prometheus" in get_json("-n", namespace, "configmap",
+                                                           "cifar10-stable-config")["data"]["config.properties"],
+             what="the tampered ConfigMap to be restored")
+
+
+def test_delete_garbage_collects_children(operator, namespace):
+    apply(namespace, example_model_deployment())
+    ready(namespace)
+    kubectl("delete", "-n", namespace, "md", "cifar10", "--wait=true")
+
+    def gone() -> bool:
+        left = get_json("-n", namespace, "deployments,services,configmaps,servicemonitors,pods",
+                        "-l", "serving.canaria.dev/model-deployment=cifar10")["items"]
+        return not left
+
+    wait_for(gone, timeout=60, what="children to be garbage-collected")
+
+
+def test_missing_pvc_is_reported_and_resolves_when_created(operator, namespace):
+    apply(namespace, example_model_deployment(model={"storageUri": "pvc://model-files/cifar10"}))
+    md = wait_for(lambda: (m := get_json("-n", namespace, "md/cifar10")).get("status", {}).get("phase") == "Failed"
+                  and m, what="phase Failed")
+    ready_condition = condition(md, "Ready")
+    assert ready_condition["status"] == "False" and ready_condition["reason"] == "PVCNotFound"
+    assert "spec.model.storageUri" in ready_condition["message"] and "model-files" in ready_condition["message"]
+    assert condition(md, "Stalled")["status"] == "True"
+    assert kubectl("get", "-n", namespace, "deployment", "cifar10-stable", check=False).returncode != 0
+    events = get_json("-n", namespace, "events", "--field-selector", "involvedObject.name=cifar10")["items"]
+    assert any(e["reason"] == "PVCNotFound" and e["type"] == "Warning" for e in events)
+    kubectl("apply", "-n", namespace, "-f", "-", input="""
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: model-files}
+spec: {accessModes: [ReadOnlyMany], resources: {requests: {storage: 1Gi}}}
+""")
+    ready(namespace, timeout="90s")
+
+
+def test_a_bad_edit_keeps_the_serving_version(operator, namespace):
+    apply(namespace, example_model_deployment())
+    ready(namespace)
+    before = get_json("-n", namespace, "deployment", "cifar10-stable")
+    kubectl("patch", "-n", namespace, "md", "cifar10", "--type=merge",
+            "-p", '{"spec":{"model":{"version":"2.0","storageUri":"pvc://missing/cifar10"}}}')
+    md = wait_for(lambda: (m := get_json("-n", namespace, "md/cifar10"))["status"].get("phase") == "Degraded"
+                  and m, what="phase Degraded")
+    assert md["status"]["stableVersion"] == "1.0"
+    assert condition(md, "Available")["status"] == "True"
+    after = get_json("-n", namespace, "deployment", "cifar10-stable")
+    assert after["spec"]["template"] == before["spec"]["template"]
+    assert after["status"].get("readyReplicas") == 1
+
+
+def test_rejected_child_is_reported_not_retried_hot(operator, namespace):
+    apply(namespace, example_model_deployment(serving={"env": [{"name": "BAD NAME", "value": "x"}]}))
+    md = wait_for(lambda: (m := get_json("-n", namespace, "md/cifar10")).get("status", {}).get("phase") == "Failed"
+                  and m, what="phase Failed")
+    message = condition(md, "Ready")["message"]
+    assert condition(md, "Ready")["reason"] == "Rejected"
+    assert "env" in message and "BAD NAME" in message
+
+
+def test_switching_the_service_monitor_off_deletes_it(operator, namespace):
+    apply(namespace, example_model_deployment())
+    ready(namespace)
+    kubectl("patch", "-n", namespace, "md", "cifar10", "--type=merge",
+            "-p", '{"spec":{"monitoring":{"serviceMonitor":{"enabled":false}}}}')
+    wait_for(lambda: kubectl("get", "-n", namespace, "servicemonitor", "cifar10", check=False).returncode != 0,
+             what="the ServiceMonitor to be deleted")
+    md = get_json("-n", namespace, "md/cifar10")
+    assert condition(md, "ServiceMonitorReady")["reason"] == "Disabled"
