@@ -1,0 +1,180 @@
+"""Turn a ModelDeployment's model into `<model-store>/<name>.mar`, its digest, and TorchServe's config."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .archive import MANIFEST_NAME, ArchiveDigest, Entry, ModelSpec, check_model_name, write_archive
+from .errors import PackagingError, SpecField
+from .handlers import resolve_handler
+from .optimize import Optimization, optimize
+from .paths import extra_file_entries, resolve_in_source
+from .sources import FetchedModel, fetch, sha256_of
+
+# TorchServe's per-model config; packed when it sits at the root of the model's source.
+MODEL_CONFIG_NAME = "model-config.yaml"
+CONFIG_PROPERTIES_NAME = "config.properties"
+
+
+@dataclass(frozen=True)
+class PackageRequest:
+    """The init container's arguments (see `cli.py`); relative paths resolve against the source's root."""
+
+    name: str
+    version: str
+    source: str
+    handler: str
+    model_store: Path
+    sha256: str | None = None
+    serialized_file: str | None = None
+    model_file: str | None = None
+    extra_files: tuple[str, ...] = ()
+    requirements: str | None = None
+    optimization: Optimization = field(default_factory=Optimization)
+    config: Path | None = None
+
+
+@dataclass(frozen=True)
+class PackageResult:
+    archive: Path
+    sha256: str
+    size: int
+    optimization: dict[str, Any] | None = None
+
+    def summary(self) -> dict[str, Any]:
+        summary: dict[str, Any] = {"archive": str(self.archive), "sha256": self.sha256, "bytes": self.size}
+        if self.optimization is not None:
+            summary["optimization"] = self.optimization
+        return summary
+
+
+def package(request: PackageRequest) -> PackageResult:
+    check_model_name(request.name)
+    _ensure_model_store(request.model_store)
+    # Downloads go onto the model store's volume, which is sized for the model; /tmp may not be.
+    staging = Path(tempfile.mkdtemp(prefix=".canaria-staging-", dir=request.model_store))
+    try:
+        fetched = fetch(request.source, staging, request.sha256)
+        destination = request.model_store / f"{request.name}.mar"
+        if fetched.prebuilt_archive is not None:
+            digest, report = _install_prebuilt(request, fetched.prebuilt_archive, destination), None
+        else:
+            digest, report = _build(request, fetched, staging, destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _write_digest_file(digest, request.model_store / f"{request.name}.sha256")
+    if request.config is not None:
+        _install_config(request.config, request.model_store / CONFIG_PROPERTIES_NAME)
+    return PackageResult(digest.path, digest.sha256, digest.size, report)
+
+
+def _build(
+    request: PackageRequest, fetched: FetchedModel, staging: Path, destination: Path
+) -> tuple[ArchiveDigest, dict[str, Any] | None]:
+    root = fetched.root
+    serialized = _optional_file(root, request.serialized_file, SpecField.SERIALIZED_FILE) or fetched.single_file
+    model_file = _optional_file(root, request.model_file, SpecField.MODEL_FILE)
+    handler_name, handler_entries = resolve_handler(request.handler, root)
+    extras = extra_file_entries(root, list(request.extra_files))
+    requirements = _optional_file(root, request.requirements, SpecField.REQUIREMENTS)
+    model_config = root / MODEL_CONFIG_NAME if (root / MODEL_CONFIG_NAME).is_file() else None
+
+    report = None
+    if request.optimization.requested:
+        serialized, report = optimize(request.optimization, serialized, model_file, _input_shape(model_config), staging)
+        model_file = None  # the TorchScript file carries the model's code
+
+    files = [Entry(path.name, path) for path in (serialized, model_file, requirements, model_config) if path]
+    spec = ModelSpec(
+        name=request.name,
+        version=request.version,
+        handler=handler_name,
+        serialized_file=serialized.name if serialized else None,
+        model_file=model_file.name if model_file else None,
+        requirements_file=requirements.name if requirements else None,
+        config_file=model_config.name if model_config else None,
+    )
+    return write_archive(spec, [*files, *handler_entries, *extras], destination), report
+
+
+def _optional_file(root: Path, relative: str | None, spec_field: SpecField) -> Path | None:
+    return resolve_in_source(root, relative, spec_field) if relative else None
+
+
+def _input_shape(model_config: Path | None) -> list[int] | None:
+    """The model's input shape, from the handler section of model-config.yaml, for the fidelity check."""
+    if model_config is None:
+        return None
+    import yaml
+
+    handler = (yaml.safe_load(model_config.read_text()) or {}).get("handler") or {}
+    if "input_shape" in handler:
+        return [int(size) for size in handler["input_shape"]]
+    if "image_size" in handler:
+        size = handler["image_size"]
+        height, width = (size, size) if isinstance(size, int) else size
+        return [3, int(height), int(width)]
+    return None
+
+
+def _install_prebuilt(request: PackageRequest, archive: Path, destination: Path) -> ArchiveDigest:
+    """A prebuilt .mar is served as it is, once its manifest matches the ModelDeployment."""
+    if request.optimization.requested:
+        raise PackagingError(
+            f"source {request.source}",
+            "a prebuilt .mar cannot be optimised: give the model's files instead",
+            SpecField.OPTIMIZATION,
+        )
+    model = _prebuilt_manifest(request.source, archive).get("model", {})
+    for key, wanted in (("modelName", request.name), ("modelVersion", request.version)):
+        if model.get(key) != wanted:
+            raise PackagingError(
+                f"source {request.source}",
+                f"the archive's {key} is {model.get(key)!r} but the ModelDeployment serves {wanted!r}",
+                SpecField.STORAGE_URI,
+            )
+    partial = destination.with_name(f".{destination.name}.partial")
+    try:
+        shutil.copyfile(archive, partial)
+        os.replace(partial, destination)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise PackagingError(f"archive {destination}", f"cannot write ({error})", SpecField.MODEL_STORE) from error
+    return ArchiveDigest(destination, sha256_of(destination), destination.stat().st_size)
+
+
+def _prebuilt_manifest(source: str, archive: Path) -> dict[str, Any]:
+    try:
+        with zipfile.ZipFile(archive) as opened:
+            manifest: dict[str, Any] = json.loads(opened.read(MANIFEST_NAME))
+            return manifest
+    except (zipfile.BadZipFile, KeyError, ValueError) as error:
+        raise PackagingError(
+            f"source {source}", f"not a TorchServe model archive ({error})", SpecField.STORAGE_URI
+        ) from error
+
+
+def _ensure_model_store(model_store: Path) -> None:
+    try:
+        model_store.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PackagingError(f"model store {model_store}", f"cannot create ({error})", SpecField.MODEL_STORE) from error
+
+
+def _write_digest_file(digest: ArchiveDigest, path: Path) -> None:
+    # sha256sum's format, so `sha256sum -c <name>.sha256` checks the archive in place.
+    path.write_text(f"{digest.sha256}  {digest.path.name}\n")
+
+
+def _install_config(config: Path, destination: Path) -> None:
+    try:
+        shutil.copyfile(config, destination)
+    except OSError as error:
+        raise PackagingError(f"config {config}", f"cannot copy ({error})", SpecField.CONFIG) from error

@@ -1,0 +1,1 @@
+"""Helpers that start the real parts tests run against (TorchServe, Prometheus) and always stop them."""

@@ -1,0 +1,206 @@
+"""A real TorchServe on free loopback ports, configured the way the operator configures the serving pod.
+
+    with running_torchserve(model_store, ModelSettings("cifar10", "1"), workdir) as server:
+        server.wait_until_ready("cifar10")
+        server.predict("cifar10", png_bytes)
+
+Workarounds for TorchServe 0.12 (see docs in the final report):
+- the `torchserve` CLI keeps one pid file in the temp dir and refuses to start while it names a live
+  server, so each instance gets its own TMPDIR/TEMP (which also holds the unpacked archives);
+- logs go to ./logs unless LOG_LOCATION / METRICS_LOCATION say otherwise: both point into the workdir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from .processes import free_port, start_process_group, stop_process_group
+
+TORCHSERVE = Path(sys.executable).with_name("torchserve")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The per-model settings the operator renders into config.properties' `models=`."""
+
+    name: str
+    version: str
+    batch_size: int = 1
+    max_batch_delay_ms: int = 50
+    min_workers: int = 1
+    max_workers: int = 1
+    response_timeout_s: int = 120
+
+
+@dataclass(frozen=True)
+class Ports:
+    inference: int = field(default_factory=free_port)
+    management: int = field(default_factory=free_port)
+    metrics: int = field(default_factory=free_port)
+
+
+def render_config_properties(model_store: Path, model: ModelSettings, ports: Ports) -> str:
+    """The operator's config.properties, key for key, but on loopback and free ports."""
+    models = {
+        model.name: {
+            model.version: {
+                "defaultVersion": True,
+                "marName": f"{model.name}.mar",
+                "minWorkers": model.min_workers,
+                "maxWorkers": model.max_workers,
+                "batchSize": model.batch_size,
+                "maxBatchDelay": model.max_batch_delay_ms,
+                "responseTimeout": model.response_timeout_s,
+            }
+        }
+    }
+    lines = [
+        f"inference_address=http://127.0.0.1:{ports.inference}",
+        f"management_address=http://127.0.0.1:{ports.management}",
+        f"metrics_address=http://127.0.0.1:{ports.metrics}",
+        "metrics_mode=prometheus",
+        "disable_token_authorization=true",
+        "enable_model_api=true",
+        f"model_store={model_store}",
+        f"load_models={model.name}.mar",
+        f"default_response_timeout={model.response_timeout_s}",
+        f"models={json.dumps(models)}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class TorchServe:
+    ports: Ports
+    workdir: Path
+    model_store: Path
+
+    @property
+    def inference_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.inference}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.management}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.metrics}"
+
+    def describe(self, name: str) -> list[dict[str, Any]] | None:
+        response = requests.get(f"{self.management_url}/models/{name}", timeout=5)
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        described: list[dict[str, Any]] = response.json()
+        return described
+
+    def wait_until_ready(self, name: str, timeout_s: float = 180) -> None:
+        """Until a worker of the model reports READY: `/ping` says Healthy long before that."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                described = self.describe(name)
+            except requests.ConnectionError:
+                described = None
+            workers = (described or [{}])[0].get("workers", [])
+            if any(worker.get("status") == "READY" for worker in workers):
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"model {name} has no READY worker after {timeout_s}s\n{self.log_tail()}")
+
+    def register(self, archive: str, *, batch_size: int = 1, max_batch_delay_ms: int = 50) -> None:
+        """Load another archive of the model store, synchronously, with one worker."""
+        params: dict[str, str | int] = {
+            "url": archive,
+            "batch_size": batch_size,
+            "max_batch_delay": max_batch_delay_ms,
+            "initial_workers": 1,
+            "synchronous": "true",
+        }
+        response = requests.post(f"{self.management_url}/models", params=params, timeout=300)
+        if response.status_code != 200:
+            raise RuntimeError(f"registering {archive}: {response.status_code} {response.text}\n{self.log_tail()}")
+
+    def predict(
+        self, name: str, body: bytes | str, content_type: str = "application/octet-stream"
+    ) -> requests.Response:
+        data = body.encode() if isinstance(body, str) else body
+        return requests.post(
+            f"{self.inference_url}/predictions/{name}", data=data, headers={"Content-Type": content_type}, timeout=60
+        )
+
+    def metrics(self) -> str:
+        response = requests.get(f"{self.metrics_url}/metrics", timeout=10)
+        response.raise_for_status()
+        return response.text
+
+    def log_tail(self, lines: int = 60) -> str:
+        chunks = []
+        for log in (self.workdir / "stdout.log", self.workdir / "logs" / "model_log.log"):
+            if log.exists():
+                chunks.append(f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:]))
+        return "\n".join(chunks)
+
+
+@contextmanager
+def running_torchserve(
+    model_store: Path, model: ModelSettings, workdir: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[TorchServe]:
+    """Start TorchServe with the operator-style config for `model`; stop it and all its workers after."""
+    ports = Ports()
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "config.properties"
+    config.write_text(render_config_properties(model_store, model, ports))
+    server = TorchServe(ports=ports, workdir=workdir, model_store=model_store)
+    yield from _serve(server, config, extra_env or {})
+
+
+@contextmanager
+def start_with_config(config: Path, model_store: Path, ports: Ports, workdir: Path) -> Iterator[TorchServe]:
+    """Like running_torchserve, but with a config.properties written elsewhere (e.g. by the packager)."""
+    yield from _serve(TorchServe(ports=ports, workdir=workdir, model_store=model_store), config, {})
+
+
+def _serve(server: TorchServe, config: Path, extra_env: dict[str, str]) -> Iterator[TorchServe]:
+    tmp = server.workdir / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "TMPDIR": str(tmp),
+        "TEMP": str(tmp),
+        "LOG_LOCATION": str(server.workdir / "logs"),
+        "METRICS_LOCATION": str(server.workdir / "logs"),
+        **extra_env,
+    }
+    command = [str(TORCHSERVE), "--start", "--foreground", "--ncs", "--ts-config", str(config)]
+    command += ["--model-store", str(server.model_store)]
+    process = start_process_group(command, server.workdir / "stdout.log", cwd=server.workdir, env=env)
+    try:
+        _wait_for_port(server, process.poll)
+        yield server
+    finally:
+        stop_process_group(process)
+
+
+def _wait_for_port(server: TorchServe, exited: Any, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if exited() is not None:
+            raise RuntimeError(f"TorchServe exited during startup\n{server.log_tail()}")
+        try:
+            requests.get(f"{server.inference_url}/ping", timeout=2)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.3)
+    raise TimeoutError(f"TorchServe did not listen within {timeout_s}s\n{server.log_tail()}")
