@@ -23,6 +23,8 @@ from ts.torch_handler.base_handler import BaseHandler
 
 logger = logging.getLogger(__name__)
 
+# Tells a client (and the tests) how many requests shared its forward pass.
+BATCH_SIZE_HEADER = "X-Canaria-Batch-Size"
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64, "int32": torch.int32}
 
 
@@ -137,6 +139,7 @@ class CanariaHandler(BaseHandler):
                 continue
             encoded = [self.encode(row) for row in outputs]
             responses[index] = {"predictions": encoded} if decoded[index].many else encoded[0]
+            context.set_response_header(index, BATCH_SIZE_HEADER, str(len(data)))
         return responses
 
     def _infer(self, decoded: dict[int, Decoded]) -> dict[int, torch.Tensor | Exception]:

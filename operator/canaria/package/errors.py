@@ -15,9 +15,9 @@ class SpecField(StrEnum):
     MODEL_FILE = "spec.model.modelFile"
     EXTRA_FILES = "spec.model.extraFiles"
     REQUIREMENTS = "spec.model.requirements"
-    NAME = "metadata.name"
+    NAME = "spec.model.name"
     VERSION = "spec.model.version"
-    OPTIMIZATION = "spec.serving.optimization"
+    OPTIMIZATION = "spec.model.optimization"
     # Not the user's doing (a full disk, an unwritable model store): the pod's volumes are to blame.
     MODEL_STORE = "the serving pod's model-store volume"
     # The TorchServe config the operator renders into a ConfigMap; a failure here is an operator bug.
