@@ -30,7 +30,7 @@ class PackageRequest:
     name: str
     version: str
     source: str
-    handler: str
+    handler: str | None
     model_store: Path
     sha256: str | None = None
     serialized_file: str | None = None
@@ -81,6 +81,8 @@ def _build(
     root = fetched.root
     serialized = _optional_file(root, request.serialized_file, SpecField.SERIALIZED_FILE) or fetched.single_file
     model_file = _optional_file(root, request.model_file, SpecField.MODEL_FILE)
+    if not request.handler:
+        raise PackagingError("handler", "required unless the source is a prebuilt .mar", SpecField.HANDLER)
     handler_name, handler_entries = resolve_handler(request.handler, root)
     extras = extra_file_entries(root, list(request.extra_files))
     requirements = _optional_file(root, request.requirements, SpecField.REQUIREMENTS)

@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--serialized-file", help="weights (state_dict or TorchScript), relative to the source")
     parser.add_argument("--model-file", help="Python file defining the model class, relative to the source")
     parser.add_argument(
-        "--handler", required=True, help=f"built-in ({', '.join(BUILTIN_HANDLERS)}) or a .py in the source"
+        "--handler",
+        help=f"built-in ({', '.join(BUILTIN_HANDLERS)}) or a .py in the source; not for a prebuilt .mar",
     )
     parser.add_argument("--extra-files", default="", help="comma-separated paths relative to the source")
     parser.add_argument("--requirements", help="requirements.txt relative to the source")

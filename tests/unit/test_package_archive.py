@@ -1,0 +1,128 @@
+"""The archive canaria.package writes: reproducible bytes, TorchServe's layout, digest and config files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from tests.support.packaging import package_args, run_packager_in_process, write_model_source
+
+
+def package(tmp_path: Path, source: Path, store_name: str, *extra: str) -> Path:
+    store = tmp_path / store_name
+    run = run_packager_in_process(package_args(source, store, *extra), tmp_path / f"{store_name}.log")
+    assert run.exit_code == 0, run.stderr
+    return store / "m.mar"
+
+
+def test_same_inputs_give_byte_identical_archives_and_one_digest(tmp_path: Path) -> None:
+    first_source = write_model_source(tmp_path / "a")
+    first = package(tmp_path, first_source, "store1")
+    # Same content elsewhere, written later, with other timestamps and permissions.
+    second_source = tmp_path / "elsewhere" / "b"
+    shutil.copytree(first_source, second_source)
+    for path in second_source.iterdir():
+        os.utime(path, (1_700_000_000, 1_700_000_000))
+        path.chmod(0o600)
+    second = package(tmp_path, second_source, "store2")
+    assert first.read_bytes() == second.read_bytes()
+    assert (tmp_path / "store1" / "m.sha256").read_text() == (tmp_path / "store2" / "m.sha256").read_text()
+
+
+def test_changed_weights_change_the_digest(tmp_path: Path) -> None:
+    first = package(tmp_path, write_model_source(tmp_path / "a"), "store1")
+    second = package(tmp_path, write_model_source(tmp_path / "b", weights=b"other weights"), "store2")
+    assert hashlib.sha256(first.read_bytes()).digest() != hashlib.sha256(second.read_bytes()).digest()
+
+
+def test_archive_has_torchserve_layout_stored_entries_and_fixed_times(tmp_path: Path) -> None:
+    archive = package(tmp_path, write_model_source(tmp_path / "src"), "store")
+    with zipfile.ZipFile(archive) as opened:
+        infos = opened.infolist()
+        manifest = json.loads(opened.read("MAR-INF/MANIFEST.json"))
+    names = [info.filename for info in infos]
+    assert names == sorted(names)
+    assert set(names) == {
+        "MAR-INF/MANIFEST.json", "canaria_base.py", "image_classifier.py", "index_to_name.json", "model.py",
+        "weights.pt",
+    }  # fmt: skip
+    assert {info.compress_type for info in infos} == {zipfile.ZIP_STORED}
+    assert {info.date_time for info in infos} == {(1980, 1, 1, 0, 0, 0)}
+    assert manifest["model"] == {
+        "modelName": "m",
+        "modelVersion": "1.0",
+        "handler": "image_classifier.py",
+        "serializedFile": "weights.pt",
+        "modelFile": "model.py",
+    }
+    assert manifest["createdOn"] == "01/01/1980 00:00:00"
+    assert manifest["runtime"] == "python"
+
+
+def test_summary_digest_file_and_config_copy(tmp_path: Path) -> None:
+    source = write_model_source(tmp_path / "src")
+    config = tmp_path / "config.properties"
+    config.write_text("metrics_mode=prometheus\n")
+    store = tmp_path / "store"
+    run = run_packager_in_process(package_args(source, store, "--config", str(config)), tmp_path / "log")
+    digest = hashlib.sha256((store / "m.mar").read_bytes()).hexdigest()
+    assert run.summary["sha256"] == digest
+    assert run.summary["bytes"] == (store / "m.mar").stat().st_size
+    assert run.summary["archive"] == str(store / "m.mar")
+    assert (store / "m.sha256").read_text() == f"{digest}  m.mar\n"
+    assert (store / "config.properties").read_text() == "metrics_mode=prometheus\n"
+    assert sorted(path.name for path in store.iterdir()) == ["config.properties", "m.mar", "m.sha256"]
+    assert run.stderr == ""
+
+
+def test_custom_handler_requirements_extra_directories_and_model_config(tmp_path: Path) -> None:
+    source = write_model_source(tmp_path / "src")
+    (source / "assets" / "vocab").mkdir(parents=True)
+    (source / "assets" / "vocab" / "words.txt").write_text("a\nb\n")
+    (source / "assets" / "top.txt").write_text("top\n")
+    (source / "model-config.yaml").write_text("handler:\n  topk: 2\n")
+    args = package_args(source, tmp_path / "store", "--requirements", "requirements.txt")
+    args[args.index("--handler") + 1] = "my_handler.py:handle"
+    args[args.index("--extra-files") + 1] = "index_to_name.json,assets,*.json"
+    run = run_packager_in_process(args, tmp_path / "log")
+    assert run.exit_code != 0, "index_to_name.json twice (listed and matched by *.json) must be refused"
+    assert "same name in the archive" in run.stderr
+    args[args.index("--extra-files") + 1] = "index_to_name.json,assets"
+    run = run_packager_in_process(args, tmp_path / "log")
+    with zipfile.ZipFile(Path(run.summary["archive"])) as opened:
+        names = set(opened.namelist())
+        model = json.loads(opened.read("MAR-INF/MANIFEST.json"))["model"]
+    assert {"my_handler.py", "requirements.txt", "model-config.yaml", "top.txt", "vocab/words.txt"} <= names
+    assert "canaria_base.py" not in names
+    assert model["handler"] == "my_handler.py:handle"
+    assert model["requirementsFile"] == "requirements.txt"
+    assert model["configFile"] == "model-config.yaml"
+
+
+def test_prebuilt_archive_is_installed_byte_for_byte(tmp_path: Path) -> None:
+    built = package(tmp_path, write_model_source(tmp_path / "src"), "first")
+    store = tmp_path / "store"
+    args = ["--name", "m", "--version", "1.0", "--source", str(built), "--model-store", str(store)]
+    run = run_packager_in_process(args, tmp_path / "log")
+    assert (store / "m.mar").read_bytes() == built.read_bytes()
+    assert run.summary["sha256"] == hashlib.sha256(built.read_bytes()).hexdigest()
+
+
+def test_packaging_does_not_import_torch(tmp_path: Path) -> None:
+    source = write_model_source(tmp_path / "src")
+    probe = (
+        "import sys\n"
+        "from canaria.package.cli import main\n"
+        f"code = main({package_args(source, tmp_path / 'store')!r})\n"
+        "assert code == 0, code\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ts', 'numpy')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -1,0 +1,130 @@
+"""Where a model can come from: http(s) files and bundles, S3 prefixes and objects, paths, prebuilt .mar.
+
+The S3 tests run moto's server, a real S3 REST API over HTTP on loopback (no S3 service is reachable
+here); boto3 in the packager talks to it through the endpoint override, as it would to MinIO or AWS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.fileserver import serving_directory
+from tests.support.packaging import PackagerRun, package_args, run_packager_in_process, write_model_source
+from tests.support.processes import free_port
+from tests.support.s3 import S3Server, running_s3
+
+EXPECTED_FILES = {"MAR-INF/MANIFEST.json", "canaria_base.py", "image_classifier.py", "index_to_name.json"}
+
+
+def archive_names(run: PackagerRun) -> set[str]:
+    with zipfile.ZipFile(run.summary["archive"]) as archive:
+        return set(archive.namelist())
+
+
+def reference_digest(tmp_path: Path, source: Path) -> str:
+    """The digest of the archive built from the same files on local disk."""
+    run = run_packager_in_process(package_args(source, tmp_path / "reference"), tmp_path / "reference.log")
+    digest: str = run.summary["sha256"]
+    return digest
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    return write_model_source(tmp_path / "src")
+
+
+def make_bundle(source: Path, bundle: Path) -> Path:
+    with tarfile.open(bundle, "w:gz") as archive:
+        archive.add(source, arcname="cifar10")  # one top-level folder, as `tar czf` of a directory makes
+    return bundle
+
+
+def test_http_bundle_is_unpacked_and_gives_the_same_archive_as_the_files(tmp_path: Path, source: Path) -> None:
+    served = tmp_path / "www"
+    served.mkdir()
+    bundle = make_bundle(source, served / "cifar10.tar.gz")
+    digest = hashlib.sha256(bundle.read_bytes()).hexdigest()
+    with serving_directory(served) as base_url:
+        args = package_args(f"{base_url}/cifar10.tar.gz", tmp_path / "store", "--sha256", digest)
+        run = run_packager_in_process(args, tmp_path / "log")
+    assert EXPECTED_FILES | {"weights.pt", "model.py"} <= archive_names(run)
+    assert run.summary["sha256"] == reference_digest(tmp_path, source)
+
+
+def test_http_single_file_is_the_serialized_file(tmp_path: Path, source: Path) -> None:
+    with serving_directory(source) as base_url:
+        url = f"{base_url}/weights.pt"
+        args = ["--name", "m", "--version", "1.0", "--source", url, "--handler", "json_tensor"]
+        run = run_packager_in_process([*args, "--model-store", str(tmp_path / "store")], tmp_path / "log")
+    assert archive_names(run) == {"MAR-INF/MANIFEST.json", "canaria_base.py", "json_tensor.py", "weights.pt"}
+
+
+def test_http_prebuilt_archive_with_checksum(tmp_path: Path, source: Path) -> None:
+    built = run_packager_in_process(package_args(source, tmp_path / "www"), tmp_path / "built.log").summary
+    with serving_directory(tmp_path / "www") as base_url:
+        args = ["--name", "m", "--version", "1.0", "--source", f"{base_url}/m.mar", "--sha256", built["sha256"]]
+        run = run_packager_in_process([*args, "--model-store", str(tmp_path / "store")], tmp_path / "log")
+    assert run.summary["sha256"] == built["sha256"]
+
+
+def test_file_uri_and_zip_bundle(tmp_path: Path, source: Path) -> None:
+    bundle = tmp_path / "model.zip"
+    with zipfile.ZipFile(bundle, "w") as archive:
+        for path in source.iterdir():
+            archive.write(path, path.name)
+    run = run_packager_in_process(package_args(f"file://{bundle}", tmp_path / "store"), tmp_path / "log")
+    assert run.summary["sha256"] == reference_digest(tmp_path, source)
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    with running_s3() as server:
+        server.client().create_bucket(Bucket="models")
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    for key, value in s3.env().items():
+        monkeypatch.setenv(key, value)
+    return s3
+
+
+def test_s3_prefix_is_downloaded_with_its_layout(tmp_path: Path, source: Path, s3_env: S3Server) -> None:
+    s3_env.upload_directory("models", "cifar10/v1", source)
+    s3_env.upload_directory("models", "cifar10/v10", write_model_source(tmp_path / "other", weights=b"v10"))
+    run = run_packager_in_process(package_args("s3://models/cifar10/v1", tmp_path / "store"), tmp_path / "log")
+    assert run.summary["sha256"] == reference_digest(tmp_path, source), "only v1/, not v10/"
+
+
+def test_s3_single_object(tmp_path: Path, source: Path, s3_env: S3Server) -> None:
+    s3_env.client().upload_file(str(source / "weights.pt"), "models", "single/weights.pt")
+    args = ["--name", "m", "--version", "1.0", "--source", "s3://models/single/weights.pt", "--handler", "json_tensor"]
+    run = run_packager_in_process([*args, "--model-store", str(tmp_path / "store")], tmp_path / "log")
+    assert "weights.pt" in archive_names(run)
+
+
+@pytest.mark.parametrize(
+    ("uri", "problem"),
+    [("s3://models/nothing/here", "object not found"), ("s3://no-such-bucket/model", "bucket not found")],
+)
+def test_s3_missing_things(tmp_path: Path, s3_env: S3Server, uri: str, problem: str) -> None:
+    run = run_packager_in_process(package_args(uri, tmp_path / "store"), tmp_path / "log")
+    assert run.exit_code != 0
+    assert run.stderr == f"canaria-package: source {uri}: {problem} (check spec.model.storageUri)\n"
+
+
+def test_s3_endpoint_unreachable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    run = run_packager_in_process(package_args("s3://models/cifar10", tmp_path / "store"), tmp_path / "log")
+    assert run.exit_code != 0
+    assert "S3 endpoint unreachable" in run.stderr
