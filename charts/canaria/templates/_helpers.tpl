@@ -1,0 +1,132 @@
+{{/*
+Chart name, truncated to 63 characters (the limit of a DNS label and of a label value).
+*/}}
+{{- define "canaria.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name of the release's objects: "<release>-<chart>", or "<release>" when the release name already
+contains the chart name; truncated to 63 characters.
+*/}}
+{{- define "canaria.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+"<chart>-<version>" for the helm.sh/chart label.
+*/}}
+{{- define "canaria.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels that select the operator's pods. They never change across upgrades (a Deployment's selector is
+immutable).
+*/}}
+{{- define "canaria.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "canaria.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{/*
+Labels on every object of the release.
+*/}}
+{{- define "canaria.labels" -}}
+{{ include "canaria.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: canaria
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ include "canaria.chart" . }}
+{{- end }}
+
+{{/*
+Name of the operator's ServiceAccount.
+*/}}
+{{- define "canaria.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "canaria.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+An image reference from {repository, tag, digest}: "repository@digest" when a digest pins it, otherwise
+"repository:tag" with the chart's appVersion as the default tag. Call with (list .Values.image $).
+*/}}
+{{- define "canaria.image" -}}
+{{- $image := index . 0 }}
+{{- $root := index . 1 }}
+{{- if $image.digest }}
+{{- printf "%s@%s" $image.repository $image.digest }}
+{{- else }}
+{{- printf "%s:%s" $image.repository (default $root.Chart.AppVersion $image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+RBAC rules for the objects the operator manages inside a watched namespace. Used by the ClusterRole in
+cluster-wide mode and by the per-namespace Roles otherwise. Every verb here is one the operator issues:
+server-side apply is a PATCH, which needs "create" as well when the object does not exist yet.
+*/}}
+{{- define "canaria.namespacedRules" -}}
+# ModelDeployments: watched by Kopf; Kopf keeps its progress in annotations (patch).
+- apiGroups: ["serving.canaria.dev"]
+  resources: ["modeldeployments"]
+  verbs: ["get", "list", "watch", "patch"]
+# Status is written only through the status subresource.
+- apiGroups: ["serving.canaria.dev"]
+  resources: ["modeldeployments/status"]
+  verbs: ["patch"]
+# The children it renders: server-side apply (create, patch), removal (delete), and watches for drift.
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["services", "configmaps"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["servicemonitors"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["httproutes"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Serving pods: read only, to report crash loops and packaging failures.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+# References in a ModelDeployment: read only, to report a missing PVC or credentials Secret. The
+# operator never lists or watches Secrets, and never writes them.
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims", "secrets"]
+  verbs: ["get"]
+# Events on ModelDeployments (the operator's own and Kopf's).
+- apiGroups: ["", "events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end }}
+
+{{/*
+RBAC rules that only exist cluster-wide: Kopf's scanning of CRDs and namespaces, and API discovery.
+*/}}
+{{- define "canaria.clusterRules" -}}
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["get", "list", "watch"]
+- nonResourceURLs: ["/api", "/api/*", "/apis", "/apis/*"]
+  verbs: ["get"]
+{{- end }}
