@@ -132,9 +132,7 @@ def _attach(layout: Layout) -> Cluster | None:
     except (OSError, ValueError):
         return None
     all_running = all(procs.recorded_pid(procs.RunFiles(layout.run_dir, name)) for name in COMPONENTS)
-    if not all_running or not probe(
-        recorded["server"] + "/readyz", _admin_client(layout, recorded["server"])
-    ):
+    if not all_running or not probe(recorded["server"] + "/readyz", _admin_client(layout, recorded["server"])):
         return None
     return Cluster(layout=layout, server=recorded["server"], started_here=False)
 
@@ -198,9 +196,7 @@ class _Starter:
                     fix="build it with `make tools` (bash devcluster/build.sh)",
                 )
         if not self.layout.kwok_stages.is_file():
-            raise DevclusterError(
-                "kwok", f"stage file not found at {self.layout.kwok_stages}", fix="run `make tools`"
-            )
+            raise DevclusterError("kwok", f"stage file not found at {self.layout.kwok_stages}", fix="run `make tools`")
         if self.settings.install_crds and not self.layout.crd_files:
             raise DevclusterError(
                 "crds",
@@ -216,9 +212,7 @@ class _Starter:
         _write_kubeconfigs(layout, pki_files, server)
         admin = _admin_client(layout, server)
 
-        self._start(
-            "etcd", components.etcd(layout, ports), ports["etcd"], self._http_ok(ports["etcd"], "/health")
-        )
+        self._start("etcd", components.etcd(layout, ports), ports["etcd"], self._http_ok(ports["etcd"], "/health"))
         self._start(
             "kube-apiserver",
             components.kube_apiserver(layout, ports, pki_files),
@@ -237,9 +231,7 @@ class _Starter:
             ports["kube-scheduler"],
             self._https_ok(ports["kube-scheduler"]),
         )
-        self._start(
-            "kwok", components.kwok(layout, ports), ports["kwok"], self._http_ok(ports["kwok"], "/healthz")
-        )
+        self._start("kwok", components.kwok(layout, ports), ports["kwok"], self._http_ok(ports["kwok"], "/healthz"))
 
         admin.create("/api/v1/nodes", _fake_node())
         self._wait("kwok", f"node {NODE_NAME} did not become Ready and untainted", lambda: _node_ready(admin))
@@ -353,9 +345,7 @@ def _node_ready(client: ApiClient) -> bool:
 def _crd_names(path: Path) -> list[str]:
     with open(path) as stream:
         documents = list(yaml.safe_load_all(stream))
-    return [
-        doc["metadata"]["name"] for doc in documents if doc and doc.get("kind") == "CustomResourceDefinition"
-    ]
+    return [doc["metadata"]["name"] for doc in documents if doc and doc.get("kind") == "CustomResourceDefinition"]
 
 
 def _write_kubeconfigs(layout: Layout, pki_files: pki.Pki, server: str) -> None:

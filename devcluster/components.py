@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from .layout import Layout
-from .pki import Pki
+from .pki import FRONT_PROXY_CLIENT, Pki
 
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 POD_CIDR = "10.244.0.0/16"  # kwok hands fake pod IPs out of this; kept apart from the service range
@@ -52,6 +52,15 @@ def kube_apiserver(layout: Layout, ports: Mapping[str, int], pki: Pki) -> list[s
         f"--service-account-signing-key-file={pki.service_account_key}",
         f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
         "--allow-privileged=true",
+        # Request-header authentication, so the controller-manager and scheduler can delegate authn (and
+        # aggregated API servers would work).
+        f"--requestheader-client-ca-file={pki.front_proxy_ca_cert}",
+        f"--requestheader-allowed-names={FRONT_PROXY_CLIENT.user}",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={pki.client_cert(FRONT_PROXY_CLIENT)}",
+        f"--proxy-client-key-file={pki.client_key(FRONT_PROXY_CLIENT)}",
         # The `kubernetes` Service cannot point at a loopback address; nothing in the cluster needs it.
         "--endpoint-reconciler-type=none",
     ]

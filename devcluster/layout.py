@@ -50,9 +50,7 @@ class Layout:
     def resolve(cls, root: Path, settings: Settings) -> Layout:
         root = root.resolve()
         state_dir = (settings.state_dir or root / STATE_DIR_NAME).resolve()
-        fixtures = settings.fixtures_dir or Path(
-            os.environ.get(FIXTURES_ENV) or root.parent / "shared" / "fixtures"
-        )
+        fixtures = settings.fixtures_dir or Path(os.environ.get(FIXTURES_ENV) or root.parent / "shared" / "fixtures")
         return cls(
             root=root,
             state_dir=state_dir,

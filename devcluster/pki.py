@@ -46,6 +46,9 @@ CONTROLLER_MANAGER = ClientIdentity("controller-manager", "system:kube-controlle
 SCHEDULER = ClientIdentity("scheduler", "system:kube-scheduler")
 KWOK = ClientIdentity("kwok", "kwok", ("system:masters",))  # kwok writes node and pod status for anyone
 CLIENT_IDENTITIES = (ADMIN, CONTROLLER_MANAGER, SCHEDULER, KWOK)
+# The API server's identity towards aggregated API servers, under a CA of its own (as kubeadm does): a
+# request-header CA must never be the client CA, or any client could claim to be any user.
+FRONT_PROXY_CLIENT = ClientIdentity("front-proxy-client", "front-proxy-client")
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,10 @@ class Pki:
         return self.directory / "apiserver.key"
 
     @property
+    def front_proxy_ca_cert(self) -> Path:
+        return self.directory / "front-proxy-ca.crt"
+
+    @property
     def service_account_key(self) -> Path:
         return self.directory / "sa.key"
 
@@ -90,7 +97,7 @@ def generate(directory: Path) -> Pki:
     directory.mkdir(parents=True, exist_ok=True)
     pki = Pki(directory)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = _self_signed_ca(ca_key)
+    ca_cert = _self_signed_ca(ca_key, "canaria-devcluster-ca")
     _write_key(pki.ca_key, ca_key)
     _write_cert(pki.ca_cert, ca_cert)
 
@@ -103,12 +110,18 @@ def generate(directory: Path) -> Pki:
         _write_key(pki.client_key(identity), client_key)
         _write_cert(pki.client_cert(identity), _client_cert(identity, client_key, ca_key, ca_cert))
 
+    front_proxy_ca_key = ec.generate_private_key(ec.SECP256R1())
+    front_proxy_ca_cert = _self_signed_ca(front_proxy_ca_key, "canaria-devcluster-front-proxy-ca")
+    _write_cert(pki.front_proxy_ca_cert, front_proxy_ca_cert)
+    proxy_key = ec.generate_private_key(ec.SECP256R1())
+    _write_key(pki.client_key(FRONT_PROXY_CLIENT), proxy_key)
+    proxy_cert = _client_cert(FRONT_PROXY_CLIENT, proxy_key, front_proxy_ca_key, front_proxy_ca_cert)
+    _write_cert(pki.client_cert(FRONT_PROXY_CLIENT), proxy_cert)
+
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     _write_key(pki.service_account_key, sa_key)
     pki.service_account_public_key.write_bytes(
-        sa_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        sa_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     return pki
 
@@ -119,9 +132,7 @@ def _name(common_name: str, organizations: tuple[str, ...] = ()) -> x509.Name:
     return x509.Name(attributes)
 
 
-def _builder(
-    subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey
-) -> x509.CertificateBuilder:
+def _builder(subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey) -> x509.CertificateBuilder:
     now = dt.datetime.now(dt.UTC)
     return (
         x509.CertificateBuilder()
@@ -134,8 +145,8 @@ def _builder(
     )
 
 
-def _self_signed_ca(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
-    name = _name("canaria-devcluster-ca")
+def _self_signed_ca(key: ec.EllipticCurvePrivateKey, common_name: str) -> x509.Certificate:
+    name = _name(common_name)
     return (
         _builder(name, name, key.public_key())
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -203,9 +214,7 @@ def _client_cert(
 
 
 def _write_key(path: Path, key: PrivateKey) -> None:
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     path.touch(mode=0o600)
     path.write_bytes(pem)
 

@@ -52,9 +52,7 @@ def port_in_use(port: int) -> bool:
         return False
 
 
-def start(
-    argv: list[str], log_file: Path, run: RunFiles, env: dict[str, str] | None = None
-) -> subprocess.Popen:
+def start(argv: list[str], log_file: Path, run: RunFiles, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Starts argv detached from our session (it outlives the CLI), logging to log_file, and records it."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     run.run_dir.mkdir(parents=True, exist_ok=True)
