@@ -134,8 +134,9 @@ def test_json_tensor_handler_returns_regression_outputs(
     run_packager(
         "--name", "affine", "--version", "1.0", "--source", str(affine_source),
         "--serialized-file", "affine.pt", "--model-file", "affine_model.py", "--handler", "json_tensor",
-        "--model-store", str(model_store),
+        "--model-store", str(model_store), "--archive-format", "zip",  # the other layout, served too
     )  # fmt: skip
+    assert (model_store / "affine.mar").is_file()
     server.register("affine.mar", batch_size=4, max_batch_delay_ms=20)
     response = server.predict("affine", json.dumps({"instances": [[1, 0, 0, 0], [0, 1, 1, 1]]}), "application/json")
     assert response.status_code == 200, response.text

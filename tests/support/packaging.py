@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,16 @@ def run_packager_in_process(args: list[str], termination_log: Path) -> PackagerR
         code = main([*args, "--termination-log", str(termination_log)])
     message = termination_log.read_text() if termination_log.exists() else None
     return PackagerRun(code, stdout.getvalue(), stderr.getvalue(), message)
+
+
+def archive_files(archive: Path) -> dict[str, bytes]:
+    """Every file of an archive in either layout (a .mar directory or a .mar zip), by name."""
+    if archive.is_dir():
+        return {
+            path.relative_to(archive).as_posix(): path.read_bytes() for path in archive.rglob("*") if path.is_file()
+        }
+    with zipfile.ZipFile(archive) as opened:
+        return {name: opened.read(name) for name in opened.namelist()}
 
 
 def write_model_source(directory: Path, weights: bytes = b"\x00weights\x01" * 1000) -> Path:

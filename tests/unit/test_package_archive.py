@@ -11,7 +11,11 @@ import sys
 import zipfile
 from pathlib import Path
 
-from tests.support.packaging import package_args, run_packager_in_process, write_model_source
+import pytest
+
+from tests.support.packaging import archive_files, package_args, run_packager_in_process, write_model_source
+
+FORMATS = ["directory", "zip"]
 
 
 def package(tmp_path: Path, source: Path, store_name: str, *extra: str) -> Path:
@@ -21,39 +25,85 @@ def package(tmp_path: Path, source: Path, store_name: str, *extra: str) -> Path:
     return store / "m.mar"
 
 
-def test_same_inputs_give_byte_identical_archives_and_one_digest(tmp_path: Path) -> None:
+@pytest.mark.parametrize("archive_format", FORMATS)
+def test_same_inputs_give_identical_archives_and_one_digest(tmp_path: Path, archive_format: str) -> None:
     first_source = write_model_source(tmp_path / "a")
-    first = package(tmp_path, first_source, "store1")
+    first = package(tmp_path, first_source, "store1", "--archive-format", archive_format)
     # Same content elsewhere, written later, with other timestamps and permissions.
     second_source = tmp_path / "elsewhere" / "b"
     shutil.copytree(first_source, second_source)
     for path in second_source.iterdir():
         os.utime(path, (1_700_000_000, 1_700_000_000))
         path.chmod(0o600)
-    second = package(tmp_path, second_source, "store2")
-    assert first.read_bytes() == second.read_bytes()
+    second = package(tmp_path, second_source, "store2", "--archive-format", archive_format)
+    assert archive_files(first) == archive_files(second)
+    if archive_format == "zip":
+        assert first.read_bytes() == second.read_bytes()
     assert (tmp_path / "store1" / "m.sha256").read_text() == (tmp_path / "store2" / "m.sha256").read_text()
 
 
-def test_changed_weights_change_the_digest(tmp_path: Path) -> None:
-    first = package(tmp_path, write_model_source(tmp_path / "a"), "store1")
-    second = package(tmp_path, write_model_source(tmp_path / "b", weights=b"other weights"), "store2")
-    assert hashlib.sha256(first.read_bytes()).digest() != hashlib.sha256(second.read_bytes()).digest()
+@pytest.mark.parametrize("archive_format", FORMATS)
+def test_changed_weights_change_the_digest(tmp_path: Path, archive_format: str) -> None:
+    flags = ("--archive-format", archive_format)
+    package(tmp_path, write_model_source(tmp_path / "a"), "store1", *flags)
+    package(tmp_path, write_model_source(tmp_path / "b", weights=b"other weights"), "store2", *flags)
+    assert (tmp_path / "store1" / "m.sha256").read_text() != (tmp_path / "store2" / "m.sha256").read_text()
 
 
-def test_archive_has_torchserve_layout_stored_entries_and_fixed_times(tmp_path: Path) -> None:
-    archive = package(tmp_path, write_model_source(tmp_path / "src"), "store")
+def test_zip_archive_has_torchserve_layout_stored_entries_and_fixed_times(tmp_path: Path) -> None:
+    archive = package(tmp_path, write_model_source(tmp_path / "src"), "store", "--archive-format", "zip")
     with zipfile.ZipFile(archive) as opened:
         infos = opened.infolist()
-        manifest = json.loads(opened.read("MAR-INF/MANIFEST.json"))
     names = [info.filename for info in infos]
     assert names == sorted(names)
-    assert set(names) == {
-        "MAR-INF/MANIFEST.json", "canaria_base.py", "image_classifier.py", "index_to_name.json", "model.py",
-        "weights.pt",
-    }  # fmt: skip
+    assert set(names) == EXPECTED_NAMES
     assert {info.compress_type for info in infos} == {zipfile.ZIP_STORED}
     assert {info.date_time for info in infos} == {(1980, 1, 1, 0, 0, 0)}
+    assert_manifest(json.loads(archive_files(archive)["MAR-INF/MANIFEST.json"]))
+
+
+def test_directory_archive_is_the_same_files_with_a_digest_sha256sum_can_recompute(tmp_path: Path) -> None:
+    source = write_model_source(tmp_path / "src")
+    archive = package(tmp_path, source, "store")
+    assert archive.is_dir()
+    files = archive_files(archive)
+    assert set(files) == EXPECTED_NAMES
+    assert files["weights.pt"] == (source / "weights.pt").read_bytes()
+    assert (source / "weights.pt").stat().st_nlink == 1, "a user's file is copied, never linked"
+    assert {(archive / name).stat().st_mtime for name in files} == {315532800}
+    assert_manifest(json.loads(files["MAR-INF/MANIFEST.json"]))
+    recomputed = subprocess.run(
+        "find . -type f -printf '%P\\n' | LC_ALL=C sort | xargs -d '\\n' sha256sum | sha256sum",
+        shell=True, cwd=archive, capture_output=True, text=True, check=True,
+    ).stdout.split()[0]  # fmt: skip
+    assert (tmp_path / "store" / "m.sha256").read_text() == f"{recomputed}  m.mar\n"
+
+
+def test_a_big_file_is_copied_and_hashed_correctly(tmp_path: Path) -> None:
+    weights = os.urandom(20 << 20)  # above the size that is hashed on a second thread
+    archive = package(tmp_path, write_model_source(tmp_path / "src", weights=weights), "store")
+    assert (archive / "weights.pt").read_bytes() == weights
+    listing = "".join(
+        f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, data in sorted(archive_files(archive).items())
+    )
+    assert (tmp_path / "store" / "m.sha256").read_text().split()[0] == hashlib.sha256(listing.encode()).hexdigest()
+
+
+def test_repackaging_replaces_the_archive_in_either_layout(tmp_path: Path) -> None:
+    source = write_model_source(tmp_path / "src")
+    package(tmp_path, source, "store", "--archive-format", "zip")
+    archive = package(tmp_path, source, "store")
+    assert archive.is_dir()
+    assert package(tmp_path, source, "store", "--archive-format", "zip").is_file()
+    assert sorted(path.name for path in (tmp_path / "store").iterdir()) == ["m.mar", "m.sha256"]
+
+
+EXPECTED_NAMES = {
+    "MAR-INF/MANIFEST.json", "canaria_base.py", "image_classifier.py", "index_to_name.json", "model.py", "weights.pt",
+}  # fmt: skip
+
+
+def assert_manifest(manifest: dict[str, object]) -> None:
     assert manifest["model"] == {
         "modelName": "m",
         "modelVersion": "1.0",
@@ -70,7 +120,8 @@ def test_summary_digest_file_and_config_copy(tmp_path: Path) -> None:
     config = tmp_path / "config.properties"
     config.write_text("metrics_mode=prometheus\n")
     store = tmp_path / "store"
-    run = run_packager_in_process(package_args(source, store, "--config", str(config)), tmp_path / "log")
+    args = package_args(source, store, "--config", str(config), "--archive-format", "zip")
+    run = run_packager_in_process(args, tmp_path / "log")
     digest = hashlib.sha256((store / "m.mar").read_bytes()).hexdigest()
     assert run.summary["sha256"] == digest
     assert run.summary["bytes"] == (store / "m.mar").stat().st_size
@@ -95,9 +146,9 @@ def test_custom_handler_requirements_extra_directories_and_model_config(tmp_path
     assert "same name in the archive" in run.stderr
     args[args.index("--extra-files") + 1] = "index_to_name.json,assets"
     run = run_packager_in_process(args, tmp_path / "log")
-    with zipfile.ZipFile(Path(run.summary["archive"])) as opened:
-        names = set(opened.namelist())
-        model = json.loads(opened.read("MAR-INF/MANIFEST.json"))["model"]
+    files = archive_files(Path(run.summary["archive"]))
+    names = set(files)
+    model = json.loads(files["MAR-INF/MANIFEST.json"])["model"]
     assert {"my_handler.py", "requirements.txt", "model-config.yaml", "top.txt", "vocab/words.txt"} <= names
     assert "canaria_base.py" not in names
     assert model["handler"] == "my_handler.py:handle"
@@ -106,7 +157,7 @@ def test_custom_handler_requirements_extra_directories_and_model_config(tmp_path
 
 
 def test_prebuilt_archive_is_installed_byte_for_byte(tmp_path: Path) -> None:
-    built = package(tmp_path, write_model_source(tmp_path / "src"), "first")
+    built = package(tmp_path, write_model_source(tmp_path / "src"), "first", "--archive-format", "zip")
     store = tmp_path / "store"
     args = ["--name", "m", "--version", "1.0", "--source", str(built), "--model-store", str(store)]
     run = run_packager_in_process(args, tmp_path / "log")

@@ -117,7 +117,8 @@ CASES: dict[str, tuple[Edit, str, str]] = {
 def source(tmp_path: Path) -> Path:
     source = write_model_source(tmp_path / "src")
     prebuilt = tmp_path / "prebuilt-store"
-    assert run_packager_in_process(package_args(source, prebuilt), tmp_path / "prebuilt.log").exit_code == 0
+    zipped = package_args(source, prebuilt, "--archive-format", "zip")
+    assert run_packager_in_process(zipped, tmp_path / "prebuilt.log").exit_code == 0
     (source / "prebuilt.mar").write_bytes((prebuilt / "m.mar").read_bytes())
     (source / "corrupt.mar").write_bytes(b"this is not a zip file")
     return source

@@ -15,7 +15,13 @@ from pathlib import Path
 import pytest
 
 from tests.support.fileserver import serving_directory
-from tests.support.packaging import PackagerRun, package_args, run_packager_in_process, write_model_source
+from tests.support.packaging import (
+    PackagerRun,
+    archive_files,
+    package_args,
+    run_packager_in_process,
+    write_model_source,
+)
 from tests.support.processes import free_port
 from tests.support.s3 import S3Server, running_s3
 
@@ -23,8 +29,7 @@ EXPECTED_FILES = {"MAR-INF/MANIFEST.json", "canaria_base.py", "image_classifier.
 
 
 def archive_names(run: PackagerRun) -> set[str]:
-    with zipfile.ZipFile(run.summary["archive"]) as archive:
-        return set(archive.namelist())
+    return set(archive_files(Path(run.summary["archive"])))
 
 
 def reference_digest(tmp_path: Path, source: Path) -> str:
@@ -66,7 +71,8 @@ def test_http_single_file_is_the_serialized_file(tmp_path: Path, source: Path) -
 
 
 def test_http_prebuilt_archive_with_checksum(tmp_path: Path, source: Path) -> None:
-    built = run_packager_in_process(package_args(source, tmp_path / "www"), tmp_path / "built.log").summary
+    zipped = package_args(source, tmp_path / "www", "--archive-format", "zip")
+    built = run_packager_in_process(zipped, tmp_path / "built.log").summary
     with serving_directory(tmp_path / "www") as base_url:
         args = ["--name", "m", "--version", "1.0", "--source", f"{base_url}/m.mar", "--sha256", built["sha256"]]
         run = run_packager_in_process([*args, "--model-store", str(tmp_path / "store")], tmp_path / "log")

@@ -4,8 +4,11 @@ Runs as the serving pod's init container (`python -m canaria.package ...`, see `
 only to optimise a model; the operator process never imports this package.
 """
 
+from .archive import ArchiveFormat
 from .build import PackageRequest, PackageResult, package
 from .errors import PackagingError, SpecField
 from .optimize import Optimization
 
-__all__ = ["Optimization", "PackageRequest", "PackageResult", "PackagingError", "SpecField", "package"]
+__all__ = [
+    "ArchiveFormat",
+    "Optimization", "PackageRequest", "PackageResult", "PackagingError", "SpecField", "package"]

@@ -1,19 +1,33 @@
-"""A TorchServe model archive (.mar), written so that the same inputs give the same bytes.
+"""A TorchServe model archive, written so that the same inputs give the same bytes and the same digest.
 
-torch-model-archiver supplies the manifest; the zip is written here because the archiver's own writer is
-not reproducible (it stamps the creation time into the manifest, keeps the files' mtimes and walks the
-directory in filesystem order) and copies every file twice (into a temp dir, then into the zip). Entries
-are STORED, not deflated: model weights barely compress, and deflating a large state_dict costs far more
-time than the bytes it saves. TorchServe unpacks stored and deflated entries alike.
+Two layouts, both named `<name>.mar` in the model store and both loaded by TorchServe:
+- directory (the default): torch-model-archiver's "no-archive" layout. TorchServe serves it in place,
+  whereas it unzips a .mar file into its temp dir at every start (a second copy of the weights on the
+  node's disk, and time). Packaging is one kernel copy per file, hashed while it copies.
+- zip: one file, entries STORED (weights barely compress; deflating 500 MB costs ~100x a copy), for
+  users who want a portable .mar.
+
+torch-model-archiver supplies the manifest; the files are written here because the archiver's writer is
+not reproducible (it stamps the creation time into the manifest, keeps mtimes, walks the directory in
+filesystem order) and copies every file twice (into a temp dir, then into the archive).
+
+The digest of a zip is the sha256 of the file. The digest of a directory is the sha256 of its `sha256sum`
+listing, sorted by path, so that anyone can recompute it:
+    (cd <name>.mar && find . -type f -printf '%P\\n' | LC_ALL=C sort | xargs -d '\\n' sha256sum) | sha256sum
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
+import mmap
 import os
 import shutil
+import threading
 import zipfile
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from .errors import PackagingError, SpecField
@@ -22,9 +36,17 @@ from .sources import CHUNK_BYTES, sha256_of
 MANIFEST_NAME = "MAR-INF/MANIFEST.json"
 # The zip format's epoch; any fixed instant would do, this one is what reproducible builds use.
 FIXED_DATE_TIME = (1980, 1, 1, 0, 0, 0)
+FIXED_MTIME = 315532800  # the same instant as a Unix time, for the directory layout's files
 FIXED_CREATED_ON = "01/01/1980 00:00:00"
-# Above this, an entry needs the zip64 extension (Java's ZipInputStream reads it).
+# Above this, a zip entry needs the zip64 extension (Java's ZipInputStream reads it).
 ZIP64_THRESHOLD = (1 << 31) - 1
+# Files at least this big are hashed on a second thread while the kernel copies them.
+CONCURRENT_HASH_BYTES = 16 << 20
+
+
+class ArchiveFormat(StrEnum):
+    DIRECTORY = "directory"
+    ZIP = "zip"
 
 
 @dataclass(frozen=True)
@@ -89,36 +111,63 @@ def check_model_name(name: str) -> None:
         ) from None
 
 
-def write_archive(spec: ModelSpec, files: list[Entry], destination: Path) -> ArchiveDigest:
-    """Write the .mar atomically (a half-written archive is never visible under its final name)."""
-    entries = [*files, Entry(MANIFEST_NAME, manifest_json(spec))]
+def write_archive(
+    spec: ModelSpec,
+    files: list[Entry],
+    destination: Path,
+    archive_format: ArchiveFormat = ArchiveFormat.DIRECTORY,
+    scratch: Path | None = None,
+) -> ArchiveDigest:
+    """Write the archive under a temporary name, then move it to `destination`.
+
+    Files under `scratch` (downloads that are deleted afterwards) may be hard-linked instead of copied.
+    """
+    entries = sorted([*files, Entry(MANIFEST_NAME, manifest_json(spec))], key=lambda entry: entry.name)
     _refuse_duplicates(entries)
     partial = destination.with_name(f".{destination.name}.partial")
     try:
-        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED) as archive:
-            for entry in sorted(entries, key=lambda entry: entry.name):
-                _add(archive, entry)
-        digest = sha256_of(partial)
+        remove_path(partial)
+        if archive_format is ArchiveFormat.ZIP:
+            digest, size = _write_zip(entries, partial)
+        else:
+            digest, size = _write_directory(entries, partial, scratch)
+        remove_path(destination)
         os.replace(partial, destination)
     except OSError as error:
-        partial.unlink(missing_ok=True)
+        remove_path(partial)
         raise PackagingError(f"archive {destination}", f"cannot write ({error})", SpecField.MODEL_STORE) from error
-    return ArchiveDigest(path=destination, sha256=digest, size=destination.stat().st_size)
+    return ArchiveDigest(path=destination, sha256=digest, size=size)
+
+
+def remove_path(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _refuse_duplicates(entries: list[Entry]) -> None:
-    seen: set[str] = set()
-    for entry in entries:
-        if entry.name in seen:
+    names = [entry.name for entry in entries]
+    for previous, current in itertools.pairwise(names):
+        if previous == current:
             raise PackagingError(
-                f"archive file {entry.name}",
+                f"archive file {current}",
                 "two inputs would land on the same name in the archive",
                 SpecField.EXTRA_FILES,
             )
-        seen.add(entry.name)
 
 
-def _add(archive: zipfile.ZipFile, entry: Entry) -> None:
+# --- zip -----------------------------------------------------------------------------------------------
+
+
+def _write_zip(entries: list[Entry], target: Path) -> tuple[str, int]:
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as archive:
+        for entry in entries:
+            _add_to_zip(archive, entry)
+    return sha256_of(target), target.stat().st_size
+
+
+def _add_to_zip(archive: zipfile.ZipFile, entry: Entry) -> None:
     info = zipfile.ZipInfo(entry.name, date_time=FIXED_DATE_TIME)
     info.compress_type = zipfile.ZIP_STORED
     info.create_system = 3  # unix, so that the mode below is honoured
@@ -129,3 +178,66 @@ def _add(archive: zipfile.ZipFile, entry: Entry) -> None:
     size = entry.source.stat().st_size
     with entry.source.open("rb") as source, archive.open(info, "w", force_zip64=size > ZIP64_THRESHOLD) as sink:
         shutil.copyfileobj(source, sink, CHUNK_BYTES)
+
+
+# --- directory -----------------------------------------------------------------------------------------
+
+
+def _write_directory(entries: list[Entry], target: Path, scratch: Path | None) -> tuple[str, int]:
+    listing, total = [], 0
+    for entry in entries:
+        path = target / entry.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(entry.source, bytes):
+            path.write_bytes(entry.source)
+            digest = hashlib.sha256(entry.source).hexdigest()
+        else:
+            digest = _place_and_hash(entry.source, path, scratch)
+        path.chmod(0o644)
+        os.utime(path, (FIXED_MTIME, FIXED_MTIME))
+        listing.append(f"{digest}  {entry.name}\n")
+        total += path.stat().st_size
+    return hashlib.sha256("".join(listing).encode()).hexdigest(), total
+
+
+def _place_and_hash(source: Path, target: Path, scratch: Path | None) -> str:
+    """Put `source` at `target` (a hard link for our own scratch files, else a kernel copy) and hash it.
+
+    A big file is hashed on this thread while another runs the copy: both release the GIL, so on two
+    cores packaging takes about as long as the slower of the two rather than their sum.
+    """
+    if scratch is not None and source.resolve().is_relative_to(scratch.resolve()):
+        try:
+            os.link(source, target)
+            return _sha256_mapped(source)
+        except OSError:
+            pass  # another filesystem, or links refused: copy instead
+    if source.stat().st_size < CONCURRENT_HASH_BYTES:
+        shutil.copyfile(source, target)
+        return sha256_of(source)
+    failure: list[BaseException] = []
+
+    def copy() -> None:
+        try:
+            shutil.copyfile(source, target)
+        except BaseException as error:  # re-raised on the calling thread below
+            failure.append(error)
+
+    copier = threading.Thread(target=copy, name="canaria-copy")
+    copier.start()
+    try:
+        digest = _sha256_mapped(source)
+    finally:
+        copier.join()
+    if failure:
+        raise failure[0]
+    return digest
+
+
+def _sha256_mapped(path: Path) -> str:
+    """sha256 of a file read through mmap: no copy into Python buffers, the GIL released while hashing."""
+    with path.open("rb") as stream:
+        if os.fstat(stream.fileno()).st_size == 0:
+            return hashlib.sha256(b"").hexdigest()
+        with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            return hashlib.sha256(mapped).hexdigest()

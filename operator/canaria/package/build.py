@@ -11,7 +11,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .archive import MANIFEST_NAME, ArchiveDigest, Entry, ModelSpec, check_model_name, write_archive
+from .archive import (
+    MANIFEST_NAME,
+    ArchiveDigest,
+    ArchiveFormat,
+    Entry,
+    ModelSpec,
+    check_model_name,
+    remove_path,
+    write_archive,
+)
 from .errors import PackagingError, SpecField
 from .handlers import resolve_handler
 from .optimize import Optimization, optimize
@@ -39,6 +48,7 @@ class PackageRequest:
     requirements: str | None = None
     optimization: Optimization = field(default_factory=Optimization)
     config: Path | None = None
+    archive_format: ArchiveFormat = ArchiveFormat.DIRECTORY
 
 
 @dataclass(frozen=True)
@@ -103,7 +113,8 @@ def _build(
         requirements_file=requirements.name if requirements else None,
         config_file=model_config.name if model_config else None,
     )
-    return write_archive(spec, [*files, *handler_entries, *extras], destination), report
+    entries = [*files, *handler_entries, *extras]
+    return write_archive(spec, entries, destination, request.archive_format, scratch=staging), report
 
 
 def _optional_file(root: Path, relative: str | None, spec_field: SpecField) -> Path | None:
@@ -145,6 +156,7 @@ def _install_prebuilt(request: PackageRequest, archive: Path, destination: Path)
     partial = destination.with_name(f".{destination.name}.partial")
     try:
         shutil.copyfile(archive, partial)
+        remove_path(destination)
         os.replace(partial, destination)
     except OSError as error:
         partial.unlink(missing_ok=True)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from .archive import ArchiveFormat
 from .build import PackageRequest, package
 from .errors import PackagingError, SpecField
 from .handlers import BUILTIN_HANDLERS
@@ -53,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--requirements", help="requirements.txt relative to the source")
     parser.add_argument("--quantize", choices=QUANTIZE_CHOICES, default="none")
     parser.add_argument("--torchscript", action="store_true", help="export the model as TorchScript")
+    parser.add_argument(
+        "--archive-format",
+        choices=[choice.value for choice in ArchiveFormat],
+        default=ArchiveFormat.DIRECTORY.value,
+        help="directory: served in place, no unzip at start (default); zip: one portable .mar file",
+    )
     parser.add_argument("--model-store", required=True, type=Path)
     parser.add_argument("--config", type=Path, help="TorchServe config.properties to copy into the model store")
     parser.add_argument("--termination-log", type=Path, default=_default_termination_log())
@@ -73,6 +80,7 @@ def request_from_args(args: argparse.Namespace) -> PackageRequest:
         requirements=args.requirements,
         optimization=Optimization(quantize=args.quantize, torchscript=args.torchscript),
         config=args.config,
+        archive_format=ArchiveFormat(args.archive_format),
     )
 
 
