@@ -138,7 +138,8 @@ def _attach(layout: Layout) -> Cluster | None:
 
 
 def _stop_and_clean(layout: Layout) -> None:
-    procs.stop([procs.RunFiles(layout.run_dir, name) for name in _recorded_components(layout)])
+    for stage in _stop_stages(layout):
+        procs.stop([procs.RunFiles(layout.run_dir, name) for name in stage])
     keep = {layout.bin_dir, layout.lock_file}
     for entry in layout.state_dir.iterdir() if layout.state_dir.exists() else []:
         if entry in keep:
@@ -149,11 +150,13 @@ def _stop_and_clean(layout: Layout) -> None:
             entry.unlink()
 
 
-def _recorded_components(layout: Layout) -> list[str]:
-    """Recorded components in stop order: clients first, etcd last; unknown names (older layouts) first."""
+def _stop_stages(layout: Layout) -> list[list[str]]:
+    """The recorded components in stop order: the API server's clients together, then the API server, then
+    etcd. Stopped together, the API server hangs on its lost etcd and etcd waits on its clients."""
     recorded = {pid_file.stem for pid_file in layout.run_dir.glob("*.pid")}
-    known = [name for name in reversed(COMPONENTS) if name in recorded]
-    return sorted(recorded - set(COMPONENTS)) + known
+    backends = ("kube-apiserver", "etcd")
+    stages = [sorted(recorded - set(backends)), *([name] for name in backends if name in recorded)]
+    return [stage for stage in stages if stage]
 
 
 def _admin_client(layout: Layout, server: str) -> ApiClient:
