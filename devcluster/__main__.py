@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["up", "down", "status", "env"])
     parser.add_argument("--root", type=Path, default=Path("."), help="repository root (default: .)")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[devcluster] %(message)s")
     layout = Layout.resolve(args.root, Settings())
     try:
         return COMMANDS[args.command](args.root, layout)

@@ -11,9 +11,11 @@ import base64
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,8 @@ from .layout import BINARIES, COMPONENTS, PORT_NAMES, Layout, Settings
 NODE_NAME = "kwok-node-0"
 NODE_CAPACITY = {"cpu": "32", "memory": "256Gi", "pods": "110"}
 CRD_ESTABLISHED_TIMEOUT_S = 60
+
+log = logging.getLogger("devcluster")
 
 
 class DevclusterError(Exception):
@@ -177,6 +181,7 @@ class _Starter:
         self.settings = settings
         self.children: list[subprocess.Popen] = []
         self.processes: dict[str, subprocess.Popen] = {}
+        self.started_at = time.monotonic()
 
     def run(self) -> Cluster:
         self._check_prerequisites()
@@ -238,6 +243,7 @@ class _Starter:
 
         admin.create("/api/v1/nodes", _fake_node())
         self._wait("kwok", f"node {NODE_NAME} did not become Ready and untainted", lambda: _node_ready(admin))
+        self._progress(f"node {NODE_NAME} Ready")
         self._wait(
             "kube-controller-manager",
             "the default ServiceAccount was not created",
@@ -245,6 +251,7 @@ class _Starter:
         )
         if self.settings.install_crds:
             self._install_crds()
+            self._progress(f"{len(self.layout.crd_files)} fixture CRDs Established")
         layout.cluster_file.write_text(json.dumps({"server": server, "ports": ports}, indent=2) + "\n")
         return Cluster(layout=layout, server=server, started_here=True, _children=self.children)
 
@@ -266,6 +273,10 @@ class _Starter:
         self.children.append(process)
         self.processes[name] = process
         self._wait(name, "did not become healthy", healthy)
+        self._progress(f"{name} healthy (pid {process.pid})")
+
+    def _progress(self, what: str) -> None:
+        log.info("%5.1fs %s", time.monotonic() - self.started_at, what)
 
     def _wait(self, name: str, what: str, condition: Callable[[], bool]) -> None:
         timeout = self.settings.component_timeout_s
