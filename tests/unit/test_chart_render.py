@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import canaria.handlers  # noqa: F401  (registers the operator's Kopf handlers)
+import kopf
 import pytest
 import yaml
 from canaria import kube, render
@@ -314,7 +316,7 @@ def assert_least_privilege(rules: list[Rule]) -> None:
         assert not {"escalate", "bind", "impersonate", "deletecollection", "update"} & set(rule["verbs"]), rule
         assert "rbac.authorization.k8s.io" not in rule.get("apiGroups", []), rule
     assert grants(rules, "", "secrets") <= {"get"}, "Secrets: the operator only checks that a named one exists"
-    assert grants(rules, "", "persistentvolumeclaims") <= {"get"}
+    assert grants(rules, "", "persistentvolumeclaims") <= {"get", "list", "watch"}
     assert not grants(rules, "", "pods") & WRITES, "the operator never writes pods"
     assert not grants(rules, "", "pods/exec") and not grants(rules, "", "nodes")
     assert grants(rules, "", "events") <= {"create"}
@@ -325,11 +327,29 @@ def assert_least_privilege(rules: list[Rule]) -> None:
         assert grants(rules, group, resource) <= {"get", "list", "watch"}
 
 
+def kopf_watched_resources() -> set[tuple[str, str]]:
+    """(group, plural) of every resource the operator's Kopf handlers watch, from Kopf's registry."""
+    registry = kopf.get_default_registry()
+    watched = set()
+    for part in ("_watching", "_changing", "_spawning", "_indexing", "_webhooks"):
+        assert hasattr(registry, part), f"Kopf's registry has no {part}: update kopf_watched_resources()"
+        for handler in getattr(registry, part).get_all_handlers():
+            selector = handler.selector
+            plural = selector.plural or selector.any_name
+            assert plural, f"handler {handler.id}: name its resource by plural ({selector})"
+            watched.add((selector.group or "", plural))
+    return watched
+
+
 def assert_operator_can_work(namespaced_rules: list[Rule], cluster_rules: list[Rule]) -> None:
     """Everything the operator does (canaria/kube.py, handlers.py) and Kopf needs is granted."""
     for (api_version, _kind), plural in kube.PLURALS.items():  # every kind the operator reads
         group = api_version.rpartition("/")[0]
         assert "get" in grants(namespaced_rules, group, plural), f"cannot get {plural}"
+    watched = kopf_watched_resources()
+    assert ("serving.canaria.dev", "modeldeployments") in watched
+    for group, plural in watched:  # Kopf lists and watches every resource a handler is registered for
+        assert {"list", "watch"} <= grants(namespaced_rules, group, plural), f"Kopf cannot watch {group}/{plural}"
     for group, resource in CHILDREN:  # watched for drift, written by server-side apply, deleted
         assert grants(namespaced_rules, group, resource) == {"get", "list", "watch", "create", "patch", "delete"}
     assert grants(namespaced_rules, "", "pods") == {"get", "list", "watch"}

@@ -106,10 +106,15 @@ server-side apply is a PATCH, which needs "create" as well when the object does 
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
-# References in a ModelDeployment: read only, to report a missing PVC or credentials Secret. The
-# operator never lists or watches Secrets, and never writes them.
+# A model's PersistentVolumeClaim: read only; watched so a ModelDeployment waiting for its claim
+# learns at once when it appears.
 - apiGroups: [""]
-  resources: ["persistentvolumeclaims", "secrets"]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get", "list", "watch"]
+# A model's credentials Secret: read by name only, to report a missing one. Never listed, watched or
+# written.
+- apiGroups: [""]
+  resources: ["secrets"]
   verbs: ["get"]
 # Events on ModelDeployments (the operator's own and Kopf's).
 - apiGroups: ["", "events.k8s.io"]
