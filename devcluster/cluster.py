@@ -181,6 +181,7 @@ class _Starter:
         self.settings = settings
         self.children: list[subprocess.Popen] = []
         self.processes: dict[str, subprocess.Popen] = {}
+        self.helpers: list[subprocess.Popen] = []  # short-lived kubectl runs, not components
         self.started_at = time.monotonic()
 
     def run(self) -> Cluster:
@@ -188,8 +189,11 @@ class _Starter:
         try:
             cluster = self._start_all()
         except BaseException:
+            for helper in self.helpers:
+                if helper.poll() is None:
+                    helper.kill()
             _stop_and_clean(self.layout)
-            for child in self.children:
+            for child in self.children + self.helpers:
                 with contextlib.suppress(OSError, subprocess.TimeoutExpired):
                     child.wait(timeout=1)
             raise
@@ -220,28 +224,25 @@ class _Starter:
         _write_kubeconfigs(layout, pki_files, server)
         admin = _admin_client(layout, server)
 
-        self._start("etcd", components.etcd(layout, ports), ports["etcd"], self._http_ok(ports["etcd"], "/health"))
-        self._start(
-            "kube-apiserver",
-            components.kube_apiserver(layout, ports, pki_files),
-            ports["kube-apiserver"],
-            lambda: probe(server + "/readyz", admin),
-        )
-        self._start(
-            "kube-controller-manager",
-            components.kube_controller_manager(layout, ports, pki_files),
-            ports["kube-controller-manager"],
-            self._https_ok(ports["kube-controller-manager"]),
-        )
-        self._start(
-            "kube-scheduler",
-            components.kube_scheduler(layout, ports),
-            ports["kube-scheduler"],
-            self._https_ok(ports["kube-scheduler"]),
-        )
-        self._start("kwok", components.kwok(layout, ports), ports["kwok"], self._http_ok(ports["kwok"], "/healthz"))
+        self._launch("etcd", components.etcd(layout, ports), ports["etcd"])
+        self._await_healthy("etcd", self._http_ok(ports["etcd"], "/health"))
+        self._launch("kube-apiserver", components.kube_apiserver(layout, ports, pki_files), ports["kube-apiserver"])
+        self._await_healthy("kube-apiserver", lambda: probe(server + "/readyz", admin))
 
+        # From here on, work in parallel: the CRDs and the node go in while the other components start.
+        crd_apply = self._begin_crd_apply() if self.settings.install_crds else None
         admin.create("/api/v1/nodes", _fake_node())
+        clients = {
+            "kube-controller-manager": components.kube_controller_manager(layout, ports, pki_files),
+            "kube-scheduler": components.kube_scheduler(layout, ports),
+            "kwok": components.kwok(layout, ports),
+        }
+        for name, argv in clients.items():
+            self._launch(name, argv, ports[name])
+        self._await_healthy("kube-controller-manager", self._https_ok(ports["kube-controller-manager"]))
+        self._await_healthy("kube-scheduler", self._https_ok(ports["kube-scheduler"]))
+        self._await_healthy("kwok", self._http_ok(ports["kwok"], "/healthz"))
+
         self._wait("kwok", f"node {NODE_NAME} did not become Ready and untainted", lambda: _node_ready(admin))
         self._progress(f"node {NODE_NAME} Ready")
         self._wait(
@@ -249,9 +250,8 @@ class _Starter:
             "the default ServiceAccount was not created",
             lambda: admin.get("/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
         )
-        if self.settings.install_crds:
-            self._install_crds()
-            self._progress(f"{len(self.layout.crd_files)} fixture CRDs Established")
+        if crd_apply is not None:
+            self._finish_crds(crd_apply, admin)
         layout.cluster_file.write_text(json.dumps({"server": server, "ports": ports}, indent=2) + "\n")
         return Cluster(layout=layout, server=server, started_here=True, _children=self.children)
 
@@ -261,7 +261,7 @@ class _Starter:
             return self._ports()
         return ports
 
-    def _start(self, name: str, argv: list[str], port: int, healthy: Callable[[], bool]) -> None:
+    def _launch(self, name: str, argv: list[str], port: int) -> None:
         log = self.layout.log(name)
         if procs.port_in_use(port):
             raise DevclusterError(name, f"port 127.0.0.1:{port} is already in use", log)
@@ -272,8 +272,10 @@ class _Starter:
         process = procs.start(argv, log, procs.RunFiles(self.layout.run_dir, name), env=env)
         self.children.append(process)
         self.processes[name] = process
+
+    def _await_healthy(self, name: str, healthy: Callable[[], bool]) -> None:
         self._wait(name, "did not become healthy", healthy)
-        self._progress(f"{name} healthy (pid {process.pid})")
+        self._progress(f"{name} healthy (pid {self.processes[name].pid})")
 
     def _progress(self, what: str) -> None:
         log.info("%5.1fs %s", time.monotonic() - self.started_at, what)
@@ -299,21 +301,34 @@ class _Starter:
     def _https_ok(port: int) -> Callable[[], bool]:
         return lambda: probe(f"https://127.0.0.1:{port}/healthz")
 
-    def _install_crds(self) -> None:
-        log = self.layout.log("crds")
+    def _begin_crd_apply(self) -> subprocess.Popen:
+        """`kubectl apply --server-side` of the fixture CRDs, in the background (a helper, not a component)."""
         files = self.layout.crd_files
-        names = [name for path in files for name in _crd_names(path)]
-        apply = ["apply", "--server-side", "--force-conflicts", *(f"--filename={path}" for path in files)]
-        wait = ["wait", "--for=condition=Established", f"--timeout={CRD_ESTABLISHED_TIMEOUT_S}s"]
-        for args in (apply, [*wait, *(f"crd/{name}" for name in names)]):
-            self._kubectl_logged(args, log)
+        argv = [
+            str(self.layout.binary("kubectl")),
+            f"--kubeconfig={self.layout.kubeconfig}",
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            *(f"--filename={path}" for path in files),
+        ]
+        with open(self.layout.log("crds"), "ab") as out:
+            apply = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        self.helpers.append(apply)
+        return apply
 
-    def _kubectl_logged(self, args: list[str], log: Path) -> None:
-        argv = [str(self.layout.binary("kubectl")), f"--kubeconfig={self.layout.kubeconfig}", *args]
-        with open(log, "ab") as out:
-            result = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False)
-        if result.returncode != 0:
-            raise DevclusterError("crds", f"`kubectl {args[0]}` of the fixture CRDs failed", log)
+    def _finish_crds(self, apply: subprocess.Popen, admin: ApiClient) -> None:
+        crd_log = self.layout.log("crds")
+        try:
+            code = apply.wait(timeout=CRD_ESTABLISHED_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            apply.kill()
+            raise DevclusterError("crds", "`kubectl apply` of the fixture CRDs hung", crd_log) from None
+        if code != 0:
+            raise DevclusterError("crds", f"`kubectl apply` of the fixture CRDs exited with code {code}", crd_log)
+        names = [name for path in self.layout.crd_files for name in _crd_names(path)]
+        self._wait("crds", "fixture CRDs were not Established", lambda: all(_established(admin, n) for n in names))
+        self._progress(f"{len(names)} fixture CRDs Established")
 
 
 def _exit_cause(log: Path, code: int | None) -> str:
@@ -354,6 +369,12 @@ def _node_ready(client: ApiClient) -> bool:
     conditions = node.get("status", {}).get("conditions", [])
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
     return ready and not node.get("spec", {}).get("taints")
+
+
+def _established(client: ApiClient, crd_name: str) -> bool:
+    code, crd = client.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd_name}")
+    conditions = crd.get("status", {}).get("conditions", []) if code == 200 else []
+    return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
 
 
 def _crd_names(path: Path) -> list[str]:
