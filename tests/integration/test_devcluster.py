@@ -117,9 +117,7 @@ def test_deleting_a_deployment_collects_its_replicasets_and_pods(
     cluster: Cluster, namespace: str, cascade: str
 ) -> None:
     apply(cluster, deployment_manifest("gc", namespace, replicas=2))
-    wait_for(
-        lambda: len(get_json(cluster, "-n", namespace, "pods", "-l", "app=gc")["items"]) == 2, 30, "2 pods"
-    )
+    wait_for(lambda: len(get_json(cluster, "-n", namespace, "pods", "-l", "app=gc")["items"]) == 2, 30, "2 pods")
 
     cluster.kubectl("delete", "-n", namespace, "deployment", "gc", f"--cascade={cascade}", "--wait=false")
 
@@ -162,14 +160,9 @@ def test_second_up_is_a_no_op(cluster: Cluster) -> None:
 # --- failure paths: a separate, deliberately broken cluster in a temporary state dir ---
 
 
-def isolated_settings(tmp_path: Path, bin_dir: Path, **overrides: object) -> Settings:
-    return Settings(
-        state_dir=tmp_path / "state",
-        bin_dir=bin_dir,
-        install_crds=False,
-        component_timeout_s=60,
-        **overrides,  # type: ignore[arg-type]
-    )
+def isolated_settings(tmp_path: Path, bin_dir: Path, ports: dict[str, int] | None = None) -> Settings:
+    """A second cluster beside the session's: its own state dir and ports; no CRDs, to stay quick."""
+    return Settings(state_dir=tmp_path / "state", bin_dir=bin_dir, ports=ports or {}, install_crds=False)
 
 
 def bin_dir_with(tmp_path: Path, cluster: Cluster, replace: dict[str, str | None]) -> Path:
