@@ -63,7 +63,7 @@ run_with_progress() {
 		else
 			count="$(grep -cv -e '^go: ' -e '^#' "$log" || true)"
 		fi
-		say "$label: $(elapsed $((SECONDS - start))) elapsed, ${count}${total:+/${total}} $unit"
+		say "$label: $(elapsed $((SECONDS - start))) elapsed, ${count}${total:+/${total}} $unit${total:+ compiled}"
 	done
 	wait "$pid"
 }
@@ -79,6 +79,12 @@ fail_from_log() {
 	die "$what failed; see $log"
 }
 
+fail_download() {
+	local what="$1" log="$2"
+	grep -q 'requires go >=' "$log" && fail_from_log "downloading modules for $what" "$log"
+	die "module download failed for $what: check access to the Go module proxy (GOPROXY=$(go env GOPROXY)) and the versions in devcluster/versions.env; see $log"
+}
+
 # Creates the wrapper module in $1 once: go.mod from $2 (a function that writes it), then `go get` of $3...
 prepare_module() {
 	local dir="$1" write_go_mod="$2"
@@ -91,7 +97,7 @@ prepare_module() {
 	: >"$log"
 	say "$(basename "$dir"): downloading modules ($*)"
 	(cd "$dir" && run_with_progress "$(basename "$dir") download" "$log" modules "" go get "$@") ||
-		fail_from_log "downloading modules for $(basename "$dir")" "$log"
+		fail_download "$(basename "$dir")" "$log"
 	touch "$dir/.prepared"
 }
 
@@ -105,7 +111,7 @@ build_binary() {
 	local log="$LOGS/$name.log" start=$SECONDS total
 	: >"$log"
 	total="$(cd "$dir" && go list -deps "$pkg" 2>>"$log" | wc -l)" || total=""
-	say "$name: building $pkg"
+	say "$name: building $pkg${total:+ (${total} packages; those already in the Go build cache are not counted)}"
 	(cd "$dir" && run_with_progress "$name" "$log" packages "$total" \
 		go build -v -trimpath -ldflags "-s -w $ldflags" -o "$BIN/.$name.partial" "$pkg") ||
 		fail_from_log "go build of $name" "$log"
@@ -200,7 +206,9 @@ link_bin_into_repo() {
 	if [ -d "$ROOT/.devcluster/bin" ] && [ ! -L "$ROOT/.devcluster/bin" ]; then
 		rm -rf "$ROOT/.devcluster/bin" # an old real directory: the cache is the source of truth
 	fi
-	ln -sfn "$BIN" "$ROOT/.devcluster/bin"
+	# Atomically: a running cluster or test may be resolving binaries through the old link right now.
+	ln -sfn "$BIN" "$ROOT/.devcluster/.bin.$$"
+	mv -fT "$ROOT/.devcluster/.bin.$$" "$ROOT/.devcluster/bin"
 }
 
 build_all() {
