@@ -41,6 +41,10 @@ class Rejected(Exception):
     """The API server refused an object we rendered from the user's spec (HTTP 400/422)."""
 
 
+class NamespaceTerminating(Exception):
+    """The namespace is being deleted: nothing may be created in it, and nothing needs to be."""
+
+
 def collection_path(api_version: str, kind: str, namespace: str) -> str:
     prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
     return f"{prefix}/namespaces/{namespace}/{PLURALS[(api_version, kind)]}"
@@ -59,12 +63,12 @@ class Kube:
                 content_type: str = "application/json") -> Any:
         """One API call; returns the decoded JSON body, or None for 404 on a read."""
         headers = {"Accept": "application/json", "Content-Type": content_type}
-        encoded = None if body is None else json.dumps(body)
         resource = f"{path}?{urlencode(query)}" if query else path
         method, url, headers, _, _ = self.api.param_serialize(method, resource, header_params=headers,
                                                               auth_settings=["BearerToken"])
         try:
-            response = self.api.call_api(method, url, header_params=headers, body=encoded,
+            # The REST client serialises a dict body itself, for JSON and YAML (apply) content types alike.
+            response = self.api.call_api(method, url, header_params=headers, body=body,
                                          _request_timeout=30)
             data = response.read()
             status = response.status
@@ -134,6 +138,8 @@ def _mapped_error(method: str, path: str, status: int, data: bytes) -> Exception
         message = data.decode(errors="replace")[:500]
     if status in (400, 422):
         return Rejected(message)
+    if status == 403 and "because it is being terminated" in message:
+        return NamespaceTerminating(message)
     if status in (409, 429) or status >= 500:
         return kopf.TemporaryError(f"{method} {path}: {status} {message}", delay=RETRY_DELAY_SECONDS)
     return kopf.PermanentError(f"{method} {path}: {status} {message}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from canaria import render, schema, spec, status
-from canaria.kube import Kube, Rejected
+from canaria.kube import Kube, NamespaceTerminating, Rejected
 from canaria.render import STABLE, Settings
 from canaria.spec import Object
 from canaria.status import Facts, Problem
@@ -47,10 +47,12 @@ def with_applied_hash(obj: Object) -> Object:
 
 
 def is_subset(desired: Any, live: Any) -> bool:
-    """Whether every field we set has the same value in the live object (server defaults may add more).
-    Lists must have the same length: an element added by hand is drift too."""
+    """Whether every field we set has the same value in the live object (server defaults may add more;
+    the server drops empty lists and maps). Lists must have the same length: an element added by hand is
+    drift too."""
     if isinstance(desired, dict):
-        return isinstance(live, dict) and all(k in live and is_subset(v, live[k]) for k, v in desired.items())
+        return isinstance(live, dict) and all(
+            is_subset(v, live[k]) if k in live else v in ([], {}) for k, v in desired.items())
     if isinstance(desired, list):
         return (isinstance(live, list) and len(desired) == len(live)
                 and all(is_subset(d, x) for d, x in zip(desired, live, strict=True)))
@@ -161,30 +163,47 @@ def utc_now() -> str:
 
 def reconcile(kube: Kube, namespace: str, name: str, settings: Settings) -> Object | None:
     """Bring one ModelDeployment's children and status in line with its spec. Returns the new status."""
-    with _locks[(namespace, name)]:  # child events and spec changes may arrive at once
-        live = kube.get(MD_API_VERSION, schema.KIND, namespace, name)
-        if live is None or live["metadata"].get("deletionTimestamp"):
-            return None
-        md = spec.defaulted(live)
-        observation = observe(kube, md)
-        applied, rejected = [], []
-        if not observation.unresolved:  # never touch what serves while a reference is broken
-            for desired in desired_children(md, settings, observation.service_monitor_api):
-                if needs_apply(desired, observation.children.get((desired["kind"], desired["metadata"]["name"]))):
-                    try:
-                        kube.apply(desired)
-                        applied.append(desired)
-                    except Rejected as error:
-                        rejected.append(Problem("Rejected", f"the API server rejected {desired['kind']} "
-                                                f"{desired['metadata']['name']}: {error}"))
-            for api_version, kind, child in unwanted_children(md, observation):
-                kube.delete(api_version, kind, namespace, child)
-        now = utc_now()
-        old = live.get("status") or {}
-        new = status.derive(old, facts_of(md, observation, applied, rejected, settings), now)
-        if new != old:
-            kube.patch_status(live, new)
-            event = status.transition_event(old, new)
-            if event:
-                kube.event(live, *event, now=now)
-        return new
+    try:
+        with _locks[(namespace, name)]:  # child events and spec changes may arrive at once
+            return _reconcile(kube, namespace, name, settings)
+    except NamespaceTerminating:
+        return None  # the namespace controller is deleting the object and its children
+
+
+def apply_children(kube: Kube, md: Object, observation: Observation,
+                   settings: Settings) -> tuple[list[Object], list[Problem]]:
+    """Apply what differs from the desired state; returns (applied, rejected by the API server)."""
+    applied, rejected = [], []
+    for desired in desired_children(md, settings, observation.service_monitor_api):
+        if not needs_apply(desired, observation.children.get((desired["kind"], desired["metadata"]["name"]))):
+            continue
+        try:
+            kube.apply(desired)
+            applied.append(desired)
+        except Rejected as error:
+            rejected.append(Problem("Rejected", f"the API server rejected {desired['kind']} "
+                                    f"{desired['metadata']['name']}: {error}"))
+    for api_version, kind, child in unwanted_children(md, observation):
+        kube.delete(api_version, kind, md["metadata"]["namespace"], child)
+    return applied, rejected
+
+
+def _reconcile(kube: Kube, namespace: str, name: str, settings: Settings) -> Object | None:
+    live = kube.get(MD_API_VERSION, schema.KIND, namespace, name)
+    if live is None or live["metadata"].get("deletionTimestamp"):
+        return None
+    md = spec.defaulted(live)
+    observation = observe(kube, md)
+    applied: list[Object] = []
+    rejected: list[Problem] = []
+    if not observation.unresolved:  # never touch what serves while a reference is broken
+        applied, rejected = apply_children(kube, md, observation, settings)
+    now = utc_now()
+    old = live.get("status") or {}
+    new = status.derive(old, facts_of(md, observation, applied, rejected, settings), now)
+    if new != old:
+        kube.patch_status(live, new)
+        event = status.transition_event(old, new)
+        if event:
+            kube.event(live, *event, now=now)
+    return new

@@ -7,6 +7,7 @@ defaults the API server does (`canaria.spec.with_defaults`), so code never re-st
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 GROUP = "serving.canaria.dev"
@@ -21,7 +22,8 @@ DEFAULT_TORCHSERVE_IMAGE = "pytorch/torchserve:0.12.0-cpu"
 DURATION_PATTERN = r"^([0-9]+(ms|s|m|h))+$"
 VERSION_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,38}[A-Za-z0-9])?$"
 MODEL_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"
-RELATIVE_PATH_PATTERN = r"^[^/]([^.]|\.[^.]|\.$)*$"  # no leading slash, no ".." anywhere
+# A relative path whose segments are neither empty, "." nor "..": it cannot leave the model's source.
+RELATIVE_PATH_PATTERN = r"^([^/.][^/]*|\.[^/.][^/]*)(/([^/.][^/]*|\.[^/.][^/]*))*$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 BUILTIN_HANDLERS = ("image_classifier", "json_tensor")  # files in model_handlers/ (a test checks)
 
@@ -92,7 +94,24 @@ def obj(description: str, properties: dict[str, Schema], required: list[str] | N
         schema["required"] = required
     if rules:
         schema["x-kubernetes-validations"] = [{"rule": rule, "message": message} for rule, message in rules]
-    return _with(schema, default)
+    # The API server checks a default against the rules as written, without defaulting inside it:
+    # spell it out in full.
+    return _with(schema, None if default is None else with_defaults(default, schema))
+
+
+def with_defaults(value: Any, node: Schema) -> Any:
+    """Fill absent fields from `default`s, the way the API server does (defaults are defaulted too)."""
+    if node.get("type") == "object" and isinstance(value, dict):
+        result = dict(value)
+        for key, child in node.get("properties", {}).items():
+            if key not in result and "default" in child:
+                result[key] = copy.deepcopy(child["default"])
+            if key in result:
+                result[key] = with_defaults(result[key], child)
+        return result
+    if node.get("type") == "array" and isinstance(value, list):
+        return [with_defaults(item, node["items"]) for item in value]
+    return value
 
 
 def quantity_map(description: str) -> Schema:
@@ -168,7 +187,8 @@ def model_schema() -> Schema:
              "a prebuilt .mar already contains handler, serializedFile, modelFile, extraFiles and "
              "requirements: remove them from spec.model"),
             ("!has(self.handler) || self.handler in " + repr(list(BUILTIN_HANDLERS)) + " || "
-             "self.handler.matches('^[^/]([^.]|\\\\.[^.])*\\\\.py$')",
+             "self.handler.endsWith('.py') && self.handler.matches('" + RELATIVE_PATH_PATTERN.replace("\\", "\\\\")
+             + "')",
              "spec.model.handler must be a Canaria built-in (" + ", ".join(BUILTIN_HANDLERS) + ") or the "
              "relative path of a .py file in the source"),
             ("!has(self.modelFile) || has(self.serializedFile)",

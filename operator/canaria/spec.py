@@ -7,7 +7,6 @@ tests build minimal objects.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from canaria import schema
@@ -15,25 +14,10 @@ from canaria import schema
 Object = dict[str, Any]
 
 
-def with_defaults(value: Any, node: schema.Schema) -> Any:
-    """Fill absent fields from `default`s, the way the API server does (defaults are defaulted too)."""
-    if node.get("type") == "object" and isinstance(value, dict):
-        result = dict(value)
-        for key, child in node.get("properties", {}).items():
-            if key not in result and "default" in child:
-                result[key] = copy.deepcopy(child["default"])
-            if key in result:
-                result[key] = with_defaults(result[key], child)
-        return result
-    if node.get("type") == "array" and isinstance(value, list):
-        return [with_defaults(item, node["items"]) for item in value]
-    return value
-
-
 def defaulted(md: Object) -> Object:
     """The ModelDeployment with its spec defaulted (metadata and status untouched)."""
     result = dict(md)
-    result["spec"] = with_defaults(md.get("spec") or {}, schema.spec_schema())
+    result["spec"] = schema.with_defaults(md.get("spec") or {}, schema.spec_schema())
     return result
 
 

@@ -63,7 +63,7 @@ class Operator:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
+        log = self.log_path.open("wb")
         env = {**os.environ, "CANARIA_PACKAGER_IMAGE": "canaria-packager:test"}
         self.process = subprocess.Popen([sys.executable, "-m", "canaria", "run"], stdout=log,
                                         stderr=subprocess.STDOUT, env=env, cwd=ROOT)

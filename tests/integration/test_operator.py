@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.integration.conftest import apply, condition, example_model_deployment, get_json, kubectl, wait_for
@@ -96,11 +98,22 @@ def test_missing_pvc_is_reported_and_resolves_when_created(operator, namespace):
     assert kubectl("get", "-n", namespace, "deployment", "cifar10-stable", check=False).returncode != 0
     events = get_json("-n", namespace, "events", "--field-selector", "involvedObject.name=cifar10")["items"]
     assert any(e["reason"] == "PVCNotFound" and e["type"] == "Warning" for e in events)
-    kubectl("apply", "-n", namespace, "-f", "-", input="""
+    kubectl("apply", "-n", namespace, "-f", "-", input=f"""
+apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: {namespace}-model-files}}
+spec:
+  capacity: {{storage: 1Gi}}
+  accessModes: [ReadOnlyMany]
+  storageClassName: ""
+  hostPath: {{path: /tmp/{namespace}}}
+  claimRef: {{namespace: {namespace}, name: model-files}}
+---
 apiVersion: v1
 kind: PersistentVolumeClaim
-metadata: {name: model-files}
-spec: {accessModes: [ReadOnlyMany], resources: {requests: {storage: 1Gi}}}
+metadata: {{name: model-files}}
+spec: {{accessModes: [ReadOnlyMany], storageClassName: "", volumeName: {namespace}-model-files,
+       resources: {{requests: {{storage: 1Gi}}}}}}
 """)
     ready(namespace, timeout="90s")
 
@@ -121,12 +134,17 @@ def test_a_bad_edit_keeps_the_serving_version(operator, namespace):
 
 
 def test_rejected_child_is_reported_not_retried_hot(operator, namespace):
-    apply(namespace, example_model_deployment(serving={"env": [{"name": "BAD NAME", "value": "x"}]}))
+    # Pod fields pass through the ModelDeployment schema as is; the Deployment's validation catches this one.
+    apply(namespace, example_model_deployment(serving={"tolerations": [{"key": "gpu", "operator": "Sometimes"}]}))
     md = wait_for(lambda: (m := get_json("-n", namespace, "md/cifar10")).get("status", {}).get("phase") == "Failed"
                   and m, what="phase Failed")
     message = condition(md, "Ready")["message"]
     assert condition(md, "Ready")["reason"] == "Rejected"
-    assert "env" in message and "BAD NAME" in message
+    assert "tolerations[0].operator" in message and "Sometimes" in message
+    version = md["metadata"]["resourceVersion"]
+    time.sleep(5)
+    assert get_json("-n", namespace, "md/cifar10")["metadata"]["resourceVersion"] == version, (
+        "the operator keeps rewriting the status of a rejected object")
 
 
 def test_switching_the_service_monitor_off_deletes_it(operator, namespace):

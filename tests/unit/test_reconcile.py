@@ -7,6 +7,7 @@ import copy
 from canaria import reconcile, render
 from canaria.reconcile import Observation
 from canaria.render import Settings
+
 from tests.unit.conftest import model_deployment
 
 SETTINGS = Settings()
@@ -37,6 +38,7 @@ def test_live_object_with_server_defaults_needs_no_apply(md):
     desired = reconcile.desired_children(md, SETTINGS, True)[1]
     live = live_copy(desired, status={"readyReplicas": 1})
     live["spec"]["template"]["spec"]["dnsPolicy"] = "ClusterFirst"
+    del live["spec"]["template"]["spec"]["containers"][0]["env"]  # the server drops an empty list
     assert reconcile.needs_apply(desired, live) is False
 
 
@@ -61,15 +63,16 @@ def test_a_removed_field_changes_the_hash_so_it_is_applied():
 def test_switched_off_service_monitor_is_deleted():
     md = model_deployment(monitoring={"serviceMonitor": {"enabled": False}})
     observation = Observation(children={("ServiceMonitor", "cifar10"): {"kind": "ServiceMonitor"}})
-    assert reconcile.unwanted_children(md, observation) == [("monitoring.coreos.com/v1", "ServiceMonitor",
-                                                             "cifar10")]
+    assert reconcile.unwanted_children(md, observation) == [("monitoring.coreos.com/v1", "ServiceMonitor", "cifar10")]
     assert reconcile.unwanted_children(model_deployment(), observation) == []
 
 
 def test_facts_treat_a_deployment_changed_this_pass_as_not_rolled_out(md):
     name = render.deployment_name(md, render.STABLE)
-    done = {"metadata": {"generation": 1}, "status": {"observedGeneration": 1, "replicas": 1,
-                                                      "updatedReplicas": 1, "readyReplicas": 1}}
+    done = {
+        "metadata": {"generation": 1},
+        "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1},
+    }
     observation = Observation(children={("Deployment", name): done}, service_monitor_api=True)
     assert reconcile.facts_of(md, observation, [], [], SETTINGS).rollout_complete is True
     applied = [{"kind": "Deployment"}]
