@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=Path("."), help="repository root (default: .)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[devcluster] %(message)s")
+    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so a half-started cluster is stopped, not orphaned.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     layout = Layout.resolve(args.root, Settings())
     try:
         return COMMANDS[args.command](args.root, layout)
