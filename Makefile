@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export KUBECONFIG := $(CURDIR)/.devcluster/kubeconfig
 export PATH := $(CURDIR)/.devcluster/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help venv tools cluster cluster-down demo test test-unit lint operator crds clean
+.PHONY: help venv tools cluster cluster-down demo test test-unit lint operator crds chart-test clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -44,8 +44,11 @@ lint: venv ## ruff, mypy and the import layers
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-test-unit: venv ## Pure tests only (no cluster, no TorchServe)
+test-unit: venv tools ## Pure tests only (no cluster, no TorchServe)
 	$(PY) -m pytest -m "not cluster and not torchserve"
+
+chart-test: venv tools ## The Helm chart: lint, render, install on the local cluster
+	$(PY) -m pytest tests/unit/test_chart_render.py tests/integration/test_chart.py
 
 test: venv tools lint ## Every test tier: unit, control plane, TorchServe data plane
 	$(PY) -m pytest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import yaml
@@ -19,7 +20,8 @@ def run(namespaces: list[str], liveness: str | None) -> None:
 
     import canaria.handlers  # noqa: F401  (registers the handlers)
 
-    kopf.configure(verbose=False)
+    level = os.environ.get("CANARIA_LOG_LEVEL", "INFO").upper()
+    kopf.configure(debug=level == "DEBUG", quiet=level in ("WARNING", "ERROR"))
     kopf.run(clusterwide=not namespaces, namespaces=namespaces, standalone=True,
              liveness_endpoint=liveness)
 

@@ -255,10 +255,7 @@ OPERATOR_SOURCES = ROOT / "operator" / "canaria"
         "CANARIA_PACKAGER_IMAGE",
         "CANARIA_CLUSTER_DOMAIN",
         "CANARIA_WORKERS",
-        pytest.param(
-            "CANARIA_LOG_LEVEL",
-            marks=pytest.mark.xfail(strict=True, reason="the operator does not read CANARIA_LOG_LEVEL yet"),
-        ),
+        "CANARIA_LOG_LEVEL",
     ],
 )
 def test_the_operator_reads_every_variable_the_chart_sets(default: list[Object], variable: str) -> None:
