@@ -9,6 +9,4 @@ from .build import PackageRequest, PackageResult, package
 from .errors import PackagingError, SpecField
 from .optimize import Optimization
 
-__all__ = [
-    "ArchiveFormat",
-    "Optimization", "PackageRequest", "PackageResult", "PackagingError", "SpecField", "package"]
+__all__ = ["ArchiveFormat", "Optimization", "PackageRequest", "PackageResult", "PackagingError", "SpecField", "package"]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import mmap
 import os
 import shutil
 import threading
@@ -209,7 +208,7 @@ def _place_and_hash(source: Path, target: Path, scratch: Path | None) -> str:
     if scratch is not None and source.resolve().is_relative_to(scratch.resolve()):
         try:
             os.link(source, target)
-            return _sha256_mapped(source)
+            return sha256_of(source)
         except OSError:
             pass  # another filesystem, or links refused: copy instead
     if source.stat().st_size < CONCURRENT_HASH_BYTES:
@@ -226,18 +225,9 @@ def _place_and_hash(source: Path, target: Path, scratch: Path | None) -> str:
     copier = threading.Thread(target=copy, name="canaria-copy")
     copier.start()
     try:
-        digest = _sha256_mapped(source)
+        digest = sha256_of(source)
     finally:
         copier.join()
     if failure:
         raise failure[0]
     return digest
-
-
-def _sha256_mapped(path: Path) -> str:
-    """sha256 of a file read through mmap: no copy into Python buffers, the GIL released while hashing."""
-    with path.open("rb") as stream:
-        if os.fstat(stream.fileno()).st_size == 0:
-            return hashlib.sha256(b"").hexdigest()
-        with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            return hashlib.sha256(mapped).hexdigest()

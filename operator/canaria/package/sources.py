@@ -8,11 +8,11 @@ or every object under the prefix), a local or PVC path (file or directory, read 
 from __future__ import annotations
 
 import hashlib
+import mmap
+import os
 import shutil
 import tarfile
 import time
-import urllib.error
-import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -73,11 +73,13 @@ def fetch(source: str, staging: Path, sha256: str | None = None) -> FetchedModel
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
+    """sha256 of a file read through mmap: no copy into Python buffers, and the GIL is released while
+    hashing, so another thread can copy meanwhile."""
     with path.open("rb") as stream:
-        while chunk := stream.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
+        if os.fstat(stream.fileno()).st_size == 0:
+            return hashlib.sha256(b"").hexdigest()
+        with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            return hashlib.sha256(mapped).hexdigest()
 
 
 # --- local and PVC paths -------------------------------------------------------------------------------
@@ -108,6 +110,9 @@ def _fetch_http(url: str, destination_dir: Path) -> FetchedModel:
 
 
 def _download(url: str, destination: Path) -> None:
+    import urllib.error  # only http(s) sources pay for importing the HTTP client
+    import urllib.request
+
     request = urllib.request.Request(url, headers={"User-Agent": "canaria-package"})
     try:
         with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_SECONDS) as response:
