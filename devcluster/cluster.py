@@ -144,14 +144,11 @@ def _attach(layout: Layout) -> Cluster | None:
 def _stop_and_clean(layout: Layout) -> None:
     for stage in _stop_stages(layout):
         procs.stop([procs.RunFiles(layout.run_dir, name) for name in stage])
-    keep = {layout.bin_dir, layout.lock_file}
-    for entry in layout.state_dir.iterdir() if layout.state_dir.exists() else []:
-        if entry in keep:
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
+    for path in layout.owned_paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
         else:
-            entry.unlink()
+            path.unlink(missing_ok=True)
 
 
 def _stop_stages(layout: Layout) -> list[list[str]]:

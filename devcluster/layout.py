@@ -97,13 +97,32 @@ class Layout:
         """The admin kubeconfig, the one users and tests point KUBECONFIG at."""
         return self.state_dir / "kubeconfig"
 
+    @property
+    def component_kubeconfigs_dir(self) -> Path:
+        return self.state_dir / "kubeconfigs"
+
     def component_kubeconfig(self, name: str) -> Path:
-        return self.state_dir / "kubeconfigs" / f"{name}.kubeconfig"
+        return self.component_kubeconfigs_dir / f"{name}.kubeconfig"
 
     @property
     def cluster_file(self) -> Path:
         """The running cluster's address and ports, written once `up` succeeded."""
         return self.state_dir / "cluster.json"
+
+    @property
+    def owned_paths(self) -> tuple[Path, ...]:
+        """Everything `up` creates in the state dir and `down` removes: nothing else there is touched, so a
+        mistaken state_dir cannot cost anyone their files. (`bin` and the lock file stay.)"""
+        return (
+            self.pki_dir,
+            self.logs_dir,
+            self.run_dir,
+            self.etcd_data_dir,
+            self.kwok_home,
+            self.kubeconfig,
+            self.component_kubeconfigs_dir,
+            self.cluster_file,
+        )
 
     @property
     def lock_file(self) -> Path:

@@ -232,9 +232,10 @@ def test_down_stops_every_process_and_removes_the_state(cluster: Cluster, tmp_pa
     second = Cluster.up(REPO_ROOT, settings)
     assert second.started_here
     assert len(processes_mentioning(str(settings.state_dir))) == len(COMPONENTS)
+    assert settings.state_dir is not None
+    (settings.state_dir / "not-ours.txt").write_text("down must leave files it did not create")
 
     second.down()
 
     assert_nothing_left(settings)
-    assert settings.state_dir is not None
-    assert sorted(p.name for p in settings.state_dir.iterdir()) == [".lock"]
+    assert sorted(p.name for p in settings.state_dir.iterdir()) == [".lock", "not-ours.txt"]
