@@ -123,6 +123,10 @@ class CanariaHandler(BaseHandler):
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
         self.context = context
+        with torch.inference_mode():  # no autograd bookkeeping, for decoding as much as for the model
+            return self._handle_batch(data, context)
+
+    def _handle_batch(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
         responses: list[Any] = [None] * len(data)
         decoded: dict[int, Decoded] = {}
         for index, request in enumerate(data):
@@ -161,7 +165,8 @@ class CanariaHandler(BaseHandler):
         return results
 
     def _forward_group(self, decoded: dict[int, Decoded], indices: list[int]) -> dict[int, torch.Tensor]:
-        batch = torch.cat([decoded[index].samples for index in indices])
+        samples = [decoded[index].samples for index in indices]
+        batch = samples[0] if len(samples) == 1 else torch.cat(samples)
         outputs = self.forward(batch)
         sizes = [len(decoded[index].samples) for index in indices]
         return dict(zip(indices, torch.split(outputs, sizes), strict=True))
@@ -174,8 +179,7 @@ class CanariaHandler(BaseHandler):
             return error
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            outputs = self.model(batch.to(self.device))
+        outputs = self.model(batch.to(self.device))
         if not isinstance(outputs, torch.Tensor) or outputs.dim() == 0 or len(outputs) != len(batch):
             raise TypeError("the model must return one output row per input")
         return outputs.cpu()
