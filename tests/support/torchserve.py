@@ -84,6 +84,7 @@ class TorchServe:
     ports: Ports
     workdir: Path
     model_store: Path
+    process_group: int = 0  # the CLI's pid: Java and the Python workers run in its process group
 
     @property
     def inference_url(self) -> str:
@@ -186,6 +187,7 @@ def _serve(server: TorchServe, config: Path, extra_env: dict[str, str]) -> Itera
     command = [str(TORCHSERVE), "--start", "--foreground", "--ncs", "--ts-config", str(config)]
     command += ["--model-store", str(server.model_store)]
     process = start_process_group(command, server.workdir / "stdout.log", cwd=server.workdir, env=env)
+    server.process_group = process.pid
     try:
         _wait_for_port(server, process.poll)
         yield server
