@@ -134,3 +134,16 @@ def test_s3_endpoint_unreachable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     run = run_packager_in_process(package_args("s3://models/cifar10", tmp_path / "store"), tmp_path / "log")
     assert run.exit_code != 0
     assert "S3 endpoint unreachable" in run.stderr
+
+
+def test_s3_without_credentials(tmp_path: Path, s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance identity to fall back on
+    run = run_packager_in_process(package_args("s3://models/cifar10", tmp_path / "store"), tmp_path / "log")
+    assert run.exit_code != 0
+    assert "no S3 credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from a Secret)" in run.stderr

@@ -19,7 +19,7 @@ from typing import NoReturn
 
 from .archive import ArchiveFormat
 from .build import PackageRequest, package
-from .errors import PackagingError, SpecField
+from .errors import PackagingError
 from .handlers import BUILTIN_HANDLERS
 from .optimize import QUANTIZE_CHOICES, Optimization
 
@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PackagingError as error:
         return _fail(error.line(), termination_log, EXIT_PACKAGING_FAILED)
     except Exception as error:  # one clear line beats a traceback the operator cannot show
-        line = f"canaria-package: internal error: {type(error).__name__}: {error} (check {SpecField.STORAGE_URI})"
+        line = f"canaria-package: internal error: {type(error).__name__}: {error} (a Canaria bug: please report it)"
         return _fail(" ".join(line.split()), termination_log, EXIT_INTERNAL_ERROR)
     summary = {**result.summary(), "seconds": round(time.monotonic() - started, 3)}
     print(json.dumps(summary, sort_keys=True), flush=True)

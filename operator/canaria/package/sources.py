@@ -15,6 +15,7 @@ import tarfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -126,7 +127,7 @@ def _download(url: str, destination: Path) -> None:
         raise _HttpFailure(url, f"unreachable ({reason})", transient=True) from error
 
 
-def _copy_stream(stream: BinaryIO | Any, destination: Path) -> None:
+def _copy_stream(stream: BinaryIO, destination: Path) -> None:
     with destination.open("wb") as out:
         shutil.copyfileobj(stream, out, CHUNK_BYTES)
 
@@ -191,7 +192,7 @@ def _s3_client(uri: str) -> Any:
     except ImportError:  # pragma: no cover - the serving image always has boto3
         raise PackagingError(f"source {uri}", "boto3 is not installed in this image", SpecField.STORAGE_URI) from None
     config = Config(connect_timeout=10, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"})
-    return boto3.client("s3", config=config)
+    return boto3.session.Session().client("s3", config=config)  # a fresh session: no cached credentials
 
 
 def _s3_object_exists(client: Any, bucket: str, key: str) -> bool:
@@ -214,32 +215,24 @@ def _s3_keys(client: Any, bucket: str, folder: str) -> Iterator[str]:
                 yield item["Key"]
 
 
-class _s3_errors:
+@contextmanager
+def _s3_errors(uri: str) -> Iterator[None]:
     """Translate botocore's exceptions into one line that names the problem."""
+    from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
-    def __init__(self, uri: str) -> None:
-        self.uri = uri
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, _tb: object) -> None:
-        if error is None or isinstance(error, PackagingError):
-            return
-        from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
-
-        subject = f"source {self.uri}"
-        if isinstance(error, NoCredentialsError):
-            problem = "no S3 credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from a Secret)"
-        elif isinstance(error, EndpointConnectionError):
-            problem = f"S3 endpoint unreachable ({error.kwargs.get('endpoint_url', 'unknown endpoint')})"
-        elif isinstance(error, ClientError):
-            problem = _describe_s3_client_error(error)
-        elif isinstance(error, BotoCoreError):
-            problem = f"S3 request failed ({error})"
-        else:
-            return
+    subject = f"source {uri}"
+    try:
+        yield
+    except NoCredentialsError as error:
+        problem = "no S3 credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from a Secret)"
         raise PackagingError(subject, problem, SpecField.STORAGE_URI) from error
+    except EndpointConnectionError as error:
+        endpoint = error.kwargs.get("endpoint_url", "unknown endpoint")
+        raise PackagingError(subject, f"S3 endpoint unreachable ({endpoint})", SpecField.STORAGE_URI) from error
+    except ClientError as error:
+        raise PackagingError(subject, _describe_s3_client_error(error), SpecField.STORAGE_URI) from error
+    except BotoCoreError as error:
+        raise PackagingError(subject, f"S3 request failed ({error})", SpecField.STORAGE_URI) from error
 
 
 def _describe_s3_client_error(error: Any) -> str:
