@@ -4,7 +4,7 @@
         server.wait_until_ready("cifar10")
         server.predict("cifar10", png_bytes)
 
-Workarounds for TorchServe 0.12 (see docs in the final report):
+Workarounds for TorchServe 0.12 (model_handlers/README.md lists them all):
 - the `torchserve` CLI keeps one pid file in the temp dir and refuses to start while it names a live
   server, so each instance gets its own TMPDIR/TEMP (which also holds the unpacked archives);
 - logs go to ./logs unless LOG_LOCATION / METRICS_LOCATION say otherwise: both point into the workdir.
