@@ -141,9 +141,11 @@ def test_json_tensor_handler_returns_regression_outputs(
     response = server.predict("affine", json.dumps({"instances": [[1, 0, 0, 0], [0, 1, 1, 1]]}), "application/json")
     assert response.status_code == 200, response.text
     assert response.json() == {"predictions": [[1.5, -1.25], [9.5, 2.25]]}
+    errors_before = metric_value(server.metrics(), "Requests5XX")
     wrong_shape = server.predict("affine", json.dumps([1, 2, 3]), "application/json")
     assert wrong_shape.status_code == 500  # no input_shape configured: the model itself rejects it
     assert "the model failed on this input" in wrong_shape.json()["message"]
+    assert metric_value(server.metrics(), "Requests5XX") - errors_before == 1
     assert server.predict("affine", "not json", "text/plain").status_code == 400
 
 
