@@ -177,3 +177,13 @@ def test_packaging_does_not_import_torch(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_prebuilt_directory_archive_is_installed_file_for_file(tmp_path: Path) -> None:
+    built = package(tmp_path, write_model_source(tmp_path / "src"), "first")  # a .mar directory
+    store = tmp_path / "store"
+    args = ["--name", "m", "--version", "1.0", "--source", str(built), "--model-store", str(store)]
+    run = run_packager_in_process(args, tmp_path / "log")
+    assert archive_files(store / "m.mar") == archive_files(built)
+    assert (store / "m.sha256").read_text() == (tmp_path / "first" / "m.sha256").read_text()
+    assert run.summary["sha256"] == (store / "m.sha256").read_text().split()[0]

@@ -117,25 +117,37 @@ def write_archive(
     archive_format: ArchiveFormat = ArchiveFormat.DIRECTORY,
     scratch: Path | None = None,
 ) -> ArchiveDigest:
-    """Write the archive under a temporary name, then move it to `destination`.
+    """Write the files and their manifest as an archive at `destination`.
 
     Files under `scratch` (downloads that are deleted afterwards) may be hard-linked instead of copied.
     """
-    entries = sorted([*files, Entry(MANIFEST_NAME, manifest_json(spec))], key=lambda entry: entry.name)
-    _refuse_duplicates(entries)
+    return write_entries([*files, Entry(MANIFEST_NAME, manifest_json(spec))], destination, archive_format, scratch)
+
+
+def write_entries(
+    entries: list[Entry], destination: Path, archive_format: ArchiveFormat, scratch: Path | None = None
+) -> ArchiveDigest:
+    """Write `entries` under a temporary name, then move the result to `destination`."""
+    ordered = sorted(entries, key=lambda entry: entry.name)
+    _refuse_duplicates(ordered)
     partial = destination.with_name(f".{destination.name}.partial")
     try:
         remove_path(partial)
         if archive_format is ArchiveFormat.ZIP:
-            digest, size = _write_zip(entries, partial)
+            digest, size = _write_zip(ordered, partial)
         else:
-            digest, size = _write_directory(entries, partial, scratch)
+            digest, size = _write_directory(ordered, partial, scratch)
         remove_path(destination)
         os.replace(partial, destination)
     except OSError as error:
         remove_path(partial)
         raise PackagingError(f"archive {destination}", f"cannot write ({error})", SpecField.MODEL_STORE) from error
     return ArchiveDigest(path=destination, sha256=digest, size=size)
+
+
+def directory_entries(directory: Path) -> list[Entry]:
+    """Every file under `directory`, named by its path relative to it (a .mar directory read back)."""
+    return [Entry(path.relative_to(directory).as_posix(), path) for path in directory.rglob("*") if path.is_file()]
 
 
 def remove_path(path: Path) -> None:

@@ -18,8 +18,10 @@ from .archive import (
     Entry,
     ModelSpec,
     check_model_name,
+    directory_entries,
     remove_path,
     write_archive,
+    write_entries,
 )
 from .errors import PackagingError, SpecField
 from .handlers import resolve_handler
@@ -153,6 +155,8 @@ def _install_prebuilt(request: PackageRequest, archive: Path, destination: Path)
                 f"the archive's {key} is {model.get(key)!r} but the ModelDeployment serves {wanted!r}",
                 SpecField.STORAGE_URI,
             )
+    if archive.is_dir():  # an unpacked .mar, e.g. on a PVC: copied file for file
+        return write_entries(directory_entries(archive), destination, ArchiveFormat.DIRECTORY)
     partial = destination.with_name(f".{destination.name}.partial")
     try:
         shutil.copyfile(archive, partial)
@@ -166,10 +170,13 @@ def _install_prebuilt(request: PackageRequest, archive: Path, destination: Path)
 
 def _prebuilt_manifest(source: str, archive: Path) -> dict[str, Any]:
     try:
+        if archive.is_dir():
+            directory_manifest: dict[str, Any] = json.loads((archive / MANIFEST_NAME).read_bytes())
+            return directory_manifest
         with zipfile.ZipFile(archive) as opened:
             manifest: dict[str, Any] = json.loads(opened.read(MANIFEST_NAME))
             return manifest
-    except (zipfile.BadZipFile, KeyError, ValueError) as error:
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as error:
         raise PackagingError(
             f"source {source}", f"not a TorchServe model archive ({error})", SpecField.STORAGE_URI
         ) from error

@@ -46,8 +46,11 @@ class FetchedModel:
 
     @property
     def prebuilt_archive(self) -> Path | None:
+        """A .mar file, or a .mar directory (torch-model-archiver's unpacked layout), served as it is."""
         if self.single_file is not None and self.single_file.suffix == ".mar":
             return self.single_file
+        if self.single_file is None and self.root.suffix == ".mar":
+            return self.root
         return None
 
 
