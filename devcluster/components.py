@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from .layout import Layout
 from .pki import FRONT_PROXY_CLIENT, Pki
 
-SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
+SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/16"  # room for thousands of Services (benchmarks create 200+)
 POD_CIDR = "10.244.0.0/16"  # kwok hands fake pod IPs out of this; kept apart from the service range
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
