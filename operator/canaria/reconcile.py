@@ -114,6 +114,7 @@ def facts_of(md: Object, observation: Observation, applied: list[Object], reject
         rollout_complete=complete and not changed_deployment and not observation.unresolved,
         unresolved=observation.unresolved,
         failures=failures,
+        waiting=status.pods_waiting(observation.pods),
         service_monitor=service_monitor_problem(md, observation.service_monitor_api),
         url=render.inference_url(md, settings),
     )

@@ -47,30 +47,53 @@ class Facts:
     rollout_complete: bool = False  # the stable Deployment runs the current template everywhere
     unresolved: list[Problem] = field(default_factory=list)  # missing PVC/Secret: nothing was applied
     failures: list[Problem] = field(default_factory=list)  # packaging failed, crash loop, rejected child
+    waiting: list[str] = field(default_factory=list)  # pods waiting for something that may come by itself
     service_monitor: Problem | None = None  # why there is no ServiceMonitor, if there is none
     url: str = ""
 
 
+# Container waiting reasons that no amount of waiting fixes, with the status reason they map to.
+STUCK_WAITING = {
+    "CrashLoopBackOff": "CrashLoop",
+    "ErrImagePull": "ImagePullFailed",
+    "ImagePullBackOff": "ImagePullFailed",
+    "InvalidImageName": "ImagePullFailed",
+    "CreateContainerConfigError": "InvalidPodConfig",
+}
+
+
 def pod_failures(pods: list[Object]) -> list[Problem]:
-    """Failures of serving pods that waiting will not fix: the init container (packaging) failed, or
-    a container crash-loops. The termination message carries the packager's one-line reason."""
+    """Failures of serving pods that waiting will not fix: the init container (packaging) failed, an image
+    cannot be pulled, or a container crash-loops. The packager's termination message carries its reason."""
     problems: list[Problem] = []
     for pod in pods:
+        name = pod["metadata"]["name"]
         status = pod.get("status") or {}
         for init in status.get("initContainerStatuses") or []:
             terminated = _terminated(init)
             if terminated and terminated.get("exitCode", 0) != 0:
                 message = (terminated.get("message") or terminated.get("reason") or "").strip()
-                problems.append(Problem("PackagingFailed", f"packaging the model failed in pod "
-                                        f"{pod['metadata']['name']}: {message}"))
-        for container in status.get("containerStatuses") or []:
+                problems.append(Problem("PackagingFailed", f"packaging the model failed in pod {name}: {message}"))
+        for container in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
             waiting = (container.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") == "CrashLoopBackOff":
-                last = _terminated(container) or {}
-                detail = (last.get("message") or last.get("reason") or "").strip()
-                problems.append(Problem("CrashLoop", f"container {container['name']} of pod "
-                                        f"{pod['metadata']['name']} keeps crashing: {detail}"))
+            reason = STUCK_WAITING.get(waiting.get("reason", ""))
+            if reason is None or (reason == "CrashLoop" and container["name"] == "package"):
+                continue  # a crash-looping packager is already reported as PackagingFailed
+            last = _terminated(container) or {}
+            detail = (waiting.get("message") or last.get("message") or last.get("reason") or "").strip()
+            problems.append(Problem(reason, f"container {container['name']} of pod {name}: "
+                                    f"{waiting['reason']}: {detail}"))
     return _unique(problems)
+
+
+def pods_waiting(pods: list[Object]) -> list[str]:
+    """Why pods wait that may resolve by itself (e.g. unschedulable until a node or volume appears)."""
+    notes = []
+    for pod in pods:
+        for condition_ in (pod.get("status") or {}).get("conditions") or []:
+            if condition_.get("type") == "PodScheduled" and condition_.get("reason") == "Unschedulable":
+                notes.append(f"pod {pod['metadata']['name']} is unschedulable: {condition_.get('message', '')}")
+    return notes[:1]
 
 
 def _terminated(container_status: Object) -> Object | None:
@@ -130,8 +153,9 @@ def derive(old: Object, facts: Facts, now: str) -> Object:
     elif blocking:
         reason, message = blocking[0].reason, "; ".join(p.message for p in blocking)
     else:
-        reason, message = "RollingOut", (f"waiting for the pods of version {facts.version}: "
-                                         f"{facts.ready_replicas} of {facts.wanted_replicas} ready")
+        reason, message = "RollingOut", "; ".join([f"waiting for the pods of version {facts.version}: "
+                                                  f"{facts.ready_replicas} of {facts.wanted_replicas} ready",
+                                                  *facts.waiting])
     put("Ready", ready, reason, message)
     put("Stalled", bool(blocking), reason if blocking else "NotStalled", message if blocking else "")
     put("Reconciling", not ready and not blocking, reason if not ready and not blocking else "Reconciled",

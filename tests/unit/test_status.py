@@ -106,3 +106,21 @@ def test_deployment_complete_needs_current_generation_and_all_ready():
     surging = {**dep, "status": {**dep["status"], "replicas": 3}}
     assert status.deployment_complete(surging, 2)[0] is False
     assert status.deployment_complete(None, 2) == (False, 0)
+
+
+def test_image_pull_failure_and_bad_pod_config_stall():
+    pulling = pod(container_state={"waiting": {"reason": "ImagePullBackOff", "message": "not found: ts:0.99"}})
+    (problem,) = status.pod_failures([pulling])
+    assert problem.reason == "ImagePullFailed" and "ts:0.99" in problem.message
+    config = pod(container_state={"waiting": {"reason": "CreateContainerConfigError",
+                                              "message": 'secret "s3" not found'}})
+    assert status.pod_failures([config])[0].reason == "InvalidPodConfig"
+
+
+def test_unschedulable_pods_are_explained_while_waiting():
+    waiting = {"metadata": {"name": "p"}, "status": {"conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+         "message": "0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims"}]}}
+    notes = status.pods_waiting([waiting])
+    new = status.derive({}, facts(ready_replicas=0, rollout_complete=False, waiting=notes), T0)
+    assert new["phase"] == "Pending" and "unbound immediate PersistentVolumeClaims" in new["message"]
