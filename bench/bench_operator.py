@@ -86,10 +86,14 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def operator_pid() -> int:
-    out = subprocess.run(["pgrep", "-f", "-n", "-m1", "canaria run"], capture_output=True, text=True).stdout
-    if not out.strip():
-        sys.exit("bench: no operator running (python -m canaria run)")
-    return int(out.split()[0])
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"canaria" in argv and b"run" in argv:
+            return int(entry.name)
+    sys.exit("bench: no operator running (start one: python -m canaria run)")
 
 
 def rss_mb(pid: int) -> float:

@@ -66,26 +66,34 @@ def main() -> None:
     step("Applying the CIFAR-10 example")
     kubectl("apply", "-f", str(EXAMPLE))
     wait_ready("cifar10")
-    kubectl("get", "md,deployments,services,servicemonitors,pods", "-l",
-            "serving.canaria.dev/model-deployment=cifar10")
+    kubectl("get", "md,deployments,services,servicemonitors,pods", "-l", "serving.canaria.dev/model-deployment=cifar10")
     kubectl("get", "md", "cifar10")
-    kubectl("get", "md", "cifar10", "-o",
-            "jsonpath={range .status.conditions[*]}{.type}={.status} ({.reason}){\"\\n\"}{end}")
+    kubectl(
+        "get", "md", "cifar10", "-o", 'jsonpath={range .status.conditions[*]}{.type}={.status} ({.reason}){"\\n"}{end}'
+    )
 
     step("Editing it like a user: 2 replicas, batches of 8")
-    kubectl("patch", "md", "cifar10", "--type=merge", "-p",
-            '{"spec":{"serving":{"replicas":2,"batching":{"maxBatchSize":8}}}}')
+    kubectl(
+        "patch",
+        "md",
+        "cifar10",
+        "--type=merge",
+        "-p",
+        '{"spec":{"serving":{"replicas":2,"batching":{"maxBatchSize":8}}}}',
+    )
     time.sleep(1)  # let the operator see the new generation before waiting
     wait_ready("cifar10")
     kubectl("get", "md", "cifar10")
     kubectl("get", "events", "--field-selector", "involvedObject.name=cifar10", "--sort-by=.lastTimestamp")
 
     step("Done")
-    print(f"The cluster and the operator keep running. Try:\n"
-          f"  export KUBECONFIG={LAYOUT.kubeconfig} PATH={LAYOUT.bin_dir}:$PATH\n"
-          f"  kubectl explain md.spec.rollout\n"
-          f"  kubectl describe md cifar10\n"
-          f"Stop everything with: make cluster-down")
+    print(
+        f"The cluster and the operator keep running. Try:\n"
+        f"  export KUBECONFIG={LAYOUT.kubeconfig} PATH={LAYOUT.bin_dir}:$PATH\n"
+        f"  kubectl explain md.spec.rollout\n"
+        f"  kubectl describe md cifar10\n"
+        f"Stop everything with: make cluster-down"
+    )
 
 
 if __name__ == "__main__":

@@ -22,18 +22,22 @@ def run(namespaces: list[str], liveness: str | None) -> None:
 
     level = os.environ.get("CANARIA_LOG_LEVEL", "INFO").upper()
     kopf.configure(debug=level == "DEBUG", quiet=level in ("WARNING", "ERROR"))
-    kopf.run(clusterwide=not namespaces, namespaces=namespaces, standalone=True,
-             liveness_endpoint=liveness)
+    kopf.run(clusterwide=not namespaces, namespaces=namespaces, standalone=True, liveness_endpoint=liveness)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="canaria", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("run", help="run the operator")
-    run_parser.add_argument("--namespace", action="append", default=[],
-                            help="watch only this namespace (repeatable); default: all namespaces")
-    run_parser.add_argument("--liveness", default=None,
-                            help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    run_parser.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable); default: all namespaces",
+    )
+    run_parser.add_argument(
+        "--liveness", default=None, help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz"
+    )
     commands.add_parser("crd", help="print the ModelDeployment CustomResourceDefinition")
     args = parser.parse_args(argv)
     if args.command == "crd":

@@ -24,7 +24,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # under our prefix, never into status (which the operator owns).
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=schema.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=schema.GROUP, key="last-handled-configuration")
+        prefix=schema.GROUP, key="last-handled-configuration"
+    )
     settings.posting.level = logging.WARNING  # our own Events say what matters; no "handler succeeded"
     settings.watching.server_timeout = 270
     settings.batching.worker_limit = int(os.environ.get("CANARIA_WORKERS", "20"))

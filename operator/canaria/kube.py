@@ -59,17 +59,23 @@ class Kube:
     def __init__(self, api_client: client.ApiClient | None = None) -> None:
         self.api = api_client or new_api_client()
 
-    def request(self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None,
-                content_type: str = "application/json") -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
         """One API call; returns the decoded JSON body, or None for 404 on a read."""
         headers = {"Accept": "application/json", "Content-Type": content_type}
         resource = f"{path}?{urlencode(query)}" if query else path
-        method, url, headers, _, _ = self.api.param_serialize(method, resource, header_params=headers,
-                                                              auth_settings=["BearerToken"])
+        method, url, headers, _, _ = self.api.param_serialize(
+            method, resource, header_params=headers, auth_settings=["BearerToken"]
+        )
         try:
             # The REST client serialises a dict body itself, for JSON and YAML (apply) content types alike.
-            response = self.api.call_api(method, url, header_params=headers, body=body,
-                                         _request_timeout=30)
+            response = self.api.call_api(method, url, header_params=headers, body=body, _request_timeout=30)
             data = response.read()
             status = response.status
         except ApiException as error:  # transport errors surface as status 0
@@ -102,9 +108,13 @@ class Kube:
     # -- writes --
 
     def apply(self, obj: Object) -> Object:
-        result: Object = self.request("PATCH", object_path(obj), body=obj,
-                                      query={"fieldManager": FIELD_MANAGER, "force": "true"},
-                                      content_type="application/apply-patch+yaml")
+        result: Object = self.request(
+            "PATCH",
+            object_path(obj),
+            body=obj,
+            query={"fieldManager": FIELD_MANAGER, "force": "true"},
+            content_type="application/apply-patch+yaml",
+        )
         return result
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
@@ -115,20 +125,36 @@ class Kube:
         """Replace status with a merge patch (fields we dropped are nulled)."""
         old = md.get("status") or {}
         patch = {**{key: None for key in old if key not in status}, **status}
-        self.request("PATCH", f"{object_path(md)}/status", body={"status": patch},
-                     content_type="application/merge-patch+json")
+        self.request(
+            "PATCH", f"{object_path(md)}/status", body={"status": patch}, content_type="application/merge-patch+json"
+        )
 
     def event(self, md: Object, type_: str, reason: str, message: str, now: str) -> None:
         meta = md["metadata"]
-        self.request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body={
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": md["apiVersion"], "kind": md["kind"], "name": meta["name"],
-                               "namespace": meta["namespace"], "uid": meta["uid"]},
-            "type": type_, "reason": reason, "message": message[:1024],
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-            "source": {"component": "canaria"}, "reportingComponent": "canaria",
-        })
+        self.request(
+            "POST",
+            f"/api/v1/namespaces/{meta['namespace']}/events",
+            body={
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+                "involvedObject": {
+                    "apiVersion": md["apiVersion"],
+                    "kind": md["kind"],
+                    "name": meta["name"],
+                    "namespace": meta["namespace"],
+                    "uid": meta["uid"],
+                },
+                "type": type_,
+                "reason": reason,
+                "message": message[:1024],
+                "firstTimestamp": now,
+                "lastTimestamp": now,
+                "count": 1,
+                "source": {"component": "canaria"},
+                "reportingComponent": "canaria",
+            },
+        )
 
 
 def _mapped_error(method: str, path: str, status: int, data: bytes) -> Exception:

@@ -52,10 +52,14 @@ def is_subset(desired: Any, live: Any) -> bool:
     drift too."""
     if isinstance(desired, dict):
         return isinstance(live, dict) and all(
-            is_subset(v, live[k]) if k in live else v in ([], {}) for k, v in desired.items())
+            is_subset(v, live[k]) if k in live else v in ([], {}) for k, v in desired.items()
+        )
     if isinstance(desired, list):
-        return (isinstance(live, list) and len(desired) == len(live)
-                and all(is_subset(d, x) for d, x in zip(desired, live, strict=True)))
+        return (
+            isinstance(live, list)
+            and len(desired) == len(live)
+            and all(is_subset(d, x) for d, x in zip(desired, live, strict=True))
+        )
     return bool(desired == live)
 
 
@@ -89,23 +93,32 @@ def service_monitor_problem(md: Object, api_served: bool) -> Problem | None:
     if not md["spec"]["monitoring"]["serviceMonitor"]["enabled"]:
         return Problem("Disabled", "spec.monitoring.serviceMonitor.enabled is false")
     if not api_served:
-        return Problem("CRDNotInstalled", "the ServiceMonitor CRD (monitoring.coreos.com/v1) is not installed: "
-                       "install the Prometheus Operator's CRDs, or set spec.monitoring.serviceMonitor.enabled "
-                       "to false")
+        return Problem(
+            "CRDNotInstalled",
+            "the ServiceMonitor CRD (monitoring.coreos.com/v1) is not installed: "
+            "install the Prometheus Operator's CRDs, or set spec.monitoring.serviceMonitor.enabled "
+            "to false",
+        )
     return None
 
 
-def facts_of(md: Object, observation: Observation, applied: list[Object], rejected: list[Problem],
-             settings: Settings) -> Facts:
+def facts_of(
+    md: Object, observation: Observation, applied: list[Object], rejected: list[Problem], settings: Settings
+) -> Facts:
     wanted = md["spec"]["serving"]["replicas"]
     deployment = observation.children.get(("Deployment", render.deployment_name(md, STABLE)))
     complete, ready = status.deployment_complete(deployment, wanted)
     changed_deployment = any(obj["kind"] == "Deployment" for obj in applied)
     failures = [*rejected, *status.pod_failures(observation.pods)]
     if status.progress_deadline_exceeded(deployment) and not changed_deployment:
-        failures.append(Problem("ProgressDeadlineExceeded", "the new pods did not become ready within 10 "
-                                "minutes: see `kubectl describe pods -l "
-                                f"{render.OWNER_LABEL}={md['metadata']['name']}`"))
+        failures.append(
+            Problem(
+                "ProgressDeadlineExceeded",
+                "the new pods did not become ready within 10 "
+                "minutes: see `kubectl describe pods -l "
+                f"{render.OWNER_LABEL}={md['metadata']['name']}`",
+            )
+        )
     return Facts(
         generation=md["metadata"].get("generation", 0),
         version=md["spec"]["model"]["version"],
@@ -129,21 +142,33 @@ def unresolved_references(kube: Kube, md: Object) -> list[Problem]:
     problems = []
     pvc = spec.pvc_source(model)
     if pvc and kube.get("v1", "PersistentVolumeClaim", namespace, pvc[0]) is None:
-        problems.append(Problem("PVCNotFound", f"spec.model.storageUri: PersistentVolumeClaim {pvc[0]!r} "
-                                f"does not exist in namespace {namespace}: create it or fix the URI"))
+        problems.append(
+            Problem(
+                "PVCNotFound",
+                f"spec.model.storageUri: PersistentVolumeClaim {pvc[0]!r} "
+                f"does not exist in namespace {namespace}: create it or fix the URI",
+            )
+        )
     secret = (model.get("s3") or {}).get("credentialsSecret")
     if secret and kube.get("v1", "Secret", namespace, secret) is None:
-        problems.append(Problem("SecretNotFound", f"spec.model.s3.credentialsSecret: Secret {secret!r} does "
-                                f"not exist in namespace {namespace}: create it or fix the name"))
+        problems.append(
+            Problem(
+                "SecretNotFound",
+                f"spec.model.s3.credentialsSecret: Secret {secret!r} does "
+                f"not exist in namespace {namespace}: create it or fix the name",
+            )
+        )
     return problems
 
 
 def observe(kube: Kube, md: Object) -> Observation:
     namespace = md["metadata"]["namespace"]
     observation = Observation(service_monitor_api=kube.serves(SERVICE_MONITOR_API, "ServiceMonitor"))
-    kinds = [("v1", "ConfigMap", render.config_map_name(md, STABLE)),
-             ("apps/v1", "Deployment", render.deployment_name(md, STABLE)),
-             ("v1", "Service", render.service_name(md))]
+    kinds = [
+        ("v1", "ConfigMap", render.config_map_name(md, STABLE)),
+        ("apps/v1", "Deployment", render.deployment_name(md, STABLE)),
+        ("v1", "Service", render.service_name(md)),
+    ]
     if observation.service_monitor_api:
         kinds.append((SERVICE_MONITOR_API, "ServiceMonitor", render.service_name(md)))
     for api_version, kind, name in kinds:
@@ -171,8 +196,9 @@ def reconcile(kube: Kube, namespace: str, name: str, settings: Settings) -> Obje
         return None  # the namespace controller is deleting the object and its children
 
 
-def apply_children(kube: Kube, md: Object, observation: Observation,
-                   settings: Settings) -> tuple[list[Object], list[Problem]]:
+def apply_children(
+    kube: Kube, md: Object, observation: Observation, settings: Settings
+) -> tuple[list[Object], list[Problem]]:
     """Apply what differs from the desired state; returns (applied, rejected by the API server)."""
     applied, rejected = [], []
     for desired in desired_children(md, settings, observation.service_monitor_api):
@@ -182,8 +208,9 @@ def apply_children(kube: Kube, md: Object, observation: Observation,
             kube.apply(desired)
             applied.append(desired)
         except Rejected as error:
-            rejected.append(Problem("Rejected", f"the API server rejected {desired['kind']} "
-                                    f"{desired['metadata']['name']}: {error}"))
+            rejected.append(
+                Problem("Rejected", f"the API server rejected {desired['kind']} {desired['metadata']['name']}: {error}")
+            )
     for api_version, kind, child in unwanted_children(md, observation):
         kube.delete(api_version, kind, md["metadata"]["namespace"], child)
     return applied, rejected

@@ -79,8 +79,12 @@ def owner_reference(md: Object) -> dict[str, Any]:
 
 
 def _metadata(md: Object, name: str, labels: dict[str, str]) -> dict[str, Any]:
-    return {"name": name, "namespace": md["metadata"]["namespace"], "labels": labels,
-            "ownerReferences": [owner_reference(md)]}
+    return {
+        "name": name,
+        "namespace": md["metadata"]["namespace"],
+        "labels": labels,
+        "ownerReferences": [owner_reference(md)],
+    }
 
 
 def inference_url(md: Object, settings: Settings) -> str:
@@ -95,15 +99,19 @@ def config_properties(md: Object, model: Object) -> str:
     """TorchServe's config.properties for one track. Every security-relevant default is set explicitly."""
     serving = md["spec"]["serving"]
     name = spec.model_name(md)
-    model_config = {name: {model["version"]: {
-        "defaultVersion": True,
-        "marName": f"{name}.mar",
-        "minWorkers": serving["workers"]["min"],
-        "maxWorkers": serving["workers"]["max"],
-        "batchSize": serving["batching"]["maxBatchSize"],
-        "maxBatchDelay": serving["batching"]["maxBatchDelayMs"],
-        "responseTimeout": serving["responseTimeoutSeconds"],
-    }}}
+    model_config = {
+        name: {
+            model["version"]: {
+                "defaultVersion": True,
+                "marName": f"{name}.mar",
+                "minWorkers": serving["workers"]["min"],
+                "maxWorkers": serving["workers"]["max"],
+                "batchSize": serving["batching"]["maxBatchSize"],
+                "maxBatchDelay": serving["batching"]["maxBatchDelayMs"],
+                "responseTimeout": serving["responseTimeoutSeconds"],
+            }
+        }
+    }
     lines = [
         f"inference_address=http://0.0.0.0:{INFERENCE_PORT}",
         f"management_address=http://127.0.0.1:{MANAGEMENT_PORT}",  # never reachable from outside the pod
@@ -145,9 +153,13 @@ def packager_args(md: Object, model: Object) -> list[str]:
     pvc = spec.pvc_source(model)
     source = f"{PVC_MOUNT}/{pvc[1]}" if pvc else model["storageUri"]
     args = ["--name", spec.model_name(md), "--version", model["version"], "--source", source]
-    optional = [("--sha256", model.get("sha256")), ("--serialized-file", model.get("serializedFile")),
-                ("--model-file", model.get("modelFile")), ("--handler", model.get("handler")),
-                ("--requirements", model.get("requirements"))]
+    optional = [
+        ("--sha256", model.get("sha256")),
+        ("--serialized-file", model.get("serializedFile")),
+        ("--model-file", model.get("modelFile")),
+        ("--handler", model.get("handler")),
+        ("--requirements", model.get("requirements")),
+    ]
     args += [item for flag, value in optional if value for item in (flag, value)]
     if model.get("extraFiles"):
         args += ["--extra-files", ",".join(model["extraFiles"])]
@@ -156,8 +168,15 @@ def packager_args(md: Object, model: Object) -> list[str]:
         args += ["--quantize", "int8"]
     if optimization.get("torchscript"):
         args.append("--torchscript")
-    return [*args, "--model-store", MODEL_STORE, "--config", f"{CONFIG_DIR}/config.properties",
-            "--termination-log", "/dev/termination-log"]
+    return [
+        *args,
+        "--model-store",
+        MODEL_STORE,
+        "--config",
+        f"{CONFIG_DIR}/config.properties",
+        "--termination-log",
+        "/dev/termination-log",
+    ]
 
 
 def s3_env(model: Object) -> list[dict[str, Any]]:
@@ -174,13 +193,19 @@ def s3_env(model: Object) -> list[dict[str, Any]]:
 
 
 def container_security_context() -> dict[str, Any]:
-    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
-            "seccompProfile": {"type": "RuntimeDefault"}}
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
 
 
 def volume_mounts() -> list[dict[str, Any]]:
-    return [{"name": "model-store", "mountPath": MODEL_STORE},
-            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}]
+    return [
+        {"name": "model-store", "mountPath": MODEL_STORE},
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+    ]
 
 
 def packager_container(md: Object, model: Object, settings: Settings) -> dict[str, Any]:
@@ -210,16 +235,28 @@ def torchserve_container(md: Object, model: Object) -> dict[str, Any]:
         "command": ["torchserve"],
         # --ncs: no config snapshots, so a restart never resurrects an old model configuration.
         "args": ["--start", "--foreground", "--ncs", "--ts-config", f"{CONFIG_DIR}/config.properties"],
-        "ports": [{"name": "http", "containerPort": INFERENCE_PORT, "protocol": "TCP"},
-                  {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "http", "containerPort": INFERENCE_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
         "env": serving.get("env") or [],
         "resources": serving["resources"],
         "startupProbe": {**ping, "periodSeconds": 5, "failureThreshold": 120},
         "livenessProbe": {**ping, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6},
         "readinessProbe": {
-            "exec": {"command": ["python3", f"{CONFIG_DIR}/model_ready.py", spec.model_name(md),
-                                 model["version"], str(serving["workers"]["min"])]},
-            "periodSeconds": 5, "timeoutSeconds": 4, "failureThreshold": 3},
+            "exec": {
+                "command": [
+                    "python3",
+                    f"{CONFIG_DIR}/model_ready.py",
+                    spec.model_name(md),
+                    model["version"],
+                    str(serving["workers"]["min"]),
+                ]
+            },
+            "periodSeconds": 5,
+            "timeoutSeconds": 4,
+            "failureThreshold": 3,
+        },
         # Let endpoints drop the pod before TorchServe stops taking requests.
         "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
         "securityContext": container_security_context(),
@@ -239,15 +276,22 @@ def pod_spec(md: Object, track: str, model: Object, settings: Settings) -> dict[
     pod: dict[str, Any] = {
         # Pods need no API access unless the user gives them an identity (e.g. for a bucket).
         "automountServiceAccountToken": bool(serving.get("serviceAccountName")),
-        "securityContext": {"runAsNonRoot": True, "runAsUser": TORCHSERVE_UID, "runAsGroup": TORCHSERVE_UID,
-                            "fsGroup": TORCHSERVE_UID, "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": TORCHSERVE_UID,
+            "runAsGroup": TORCHSERVE_UID,
+            "fsGroup": TORCHSERVE_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         "initContainers": [packager_container(md, model, settings)],
         "containers": [torchserve_container(md, model)],
         "volumes": volumes,
         "terminationGracePeriodSeconds": 30,
     }
-    optional = {key: serving.get(key) for key in
-                ("serviceAccountName", "nodeSelector", "tolerations", "affinity", "imagePullSecrets")}
+    optional = {
+        key: serving.get(key)
+        for key in ("serviceAccountName", "nodeSelector", "tolerations", "affinity", "imagePullSecrets")
+    }
     pod.update({key: value for key, value in optional.items() if value})
     return pod
 

@@ -49,8 +49,9 @@ def enum(description: str, values: list[str], default: str | None = None) -> Sch
     return _with({"type": "string", "description": description, "enum": values}, default)
 
 
-def integer(description: str, default: int | None = None, minimum: int | None = None,
-            maximum: int | None = None) -> Schema:
+def integer(
+    description: str, default: int | None = None, minimum: int | None = None, maximum: int | None = None
+) -> Schema:
     return _with({"type": "integer", "description": description}, default, minimum=minimum, maximum=maximum)
 
 
@@ -67,13 +68,16 @@ def duration(description: str, default: str | None = None) -> Schema:
 
 
 def array(description: str, items: Schema, max_items: int = 64, **extra: Any) -> Schema:
-    return _with({"type": "array", "description": description, "items": items, "maxItems": max_items},
-                 **extra)
+    return _with({"type": "array", "description": description, "items": items, "maxItems": max_items}, **extra)
 
 
 def string_map(description: str) -> Schema:
-    return {"type": "object", "description": description,
-            "additionalProperties": {"type": "string", "maxLength": 1024}, "maxProperties": 64}
+    return {
+        "type": "object",
+        "description": description,
+        "additionalProperties": {"type": "string", "maxLength": 1024},
+        "maxProperties": 64,
+    }
 
 
 def free_form(description: str, type_: str = "object") -> Schema:
@@ -87,8 +91,13 @@ def free_form(description: str, type_: str = "object") -> Schema:
     return schema
 
 
-def obj(description: str, properties: dict[str, Schema], required: list[str] | None = None,
-        rules: list[tuple[str, str]] | None = None, default: dict[str, Any] | None = None) -> Schema:
+def obj(
+    description: str,
+    properties: dict[str, Schema],
+    required: list[str] | None = None,
+    rules: list[tuple[str, str]] | None = None,
+    default: dict[str, Any] | None = None,
+) -> Schema:
     schema: Schema = {"type": "object", "description": description, "properties": properties}
     if required:
         schema["required"] = required
@@ -115,12 +124,18 @@ def with_defaults(value: Any, node: Schema) -> Any:
 
 
 def quantity_map(description: str) -> Schema:
-    return {"type": "object", "description": description, "maxProperties": 16,
-            "additionalProperties": {"anyOf": [{"type": "integer"}, {"type": "string"}],
-                                     "x-kubernetes-int-or-string": True,
-                                     "pattern": r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
-                                                r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)"
-                                                r"|(\.[0-9]+))))?$"}}
+    return {
+        "type": "object",
+        "description": description,
+        "maxProperties": 16,
+        "additionalProperties": {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "x-kubernetes-int-or-string": True,
+            "pattern": r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+            r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)"
+            r"|(\.[0-9]+))))?$",
+        },
+    }
 
 
 # -- spec ---------------------------------------------------------------------------------------------
@@ -131,71 +146,129 @@ def model_schema() -> Schema:
         "The model to serve and where its files come from. Changing `version` (or anything here) ships a new "
         "model version according to spec.rollout.",
         {
-            "name": string("TorchServe model name, used in the inference URL /predictions/<name>. Defaults to "
-                           "the ModelDeployment's name.", pattern=MODEL_NAME_PATTERN, maxLength=63),
-            "version": string("Version of the model, e.g. \"1.0\" or \"2026-11-28\". A new version is rolled "
-                              "out progressively.", pattern=VERSION_PATTERN, maxLength=40),
+            "name": string(
+                "TorchServe model name, used in the inference URL /predictions/<name>. Defaults to "
+                "the ModelDeployment's name.",
+                pattern=MODEL_NAME_PATTERN,
+                maxLength=63,
+            ),
+            "version": string(
+                'Version of the model, e.g. "1.0" or "2026-11-28". A new version is rolled out progressively.',
+                pattern=VERSION_PATTERN,
+                maxLength=40,
+            ),
             "storageUri": string(
                 "Where the model files are: http(s)://host/path (a file, or a .tar.gz/.zip of the files), "
                 "s3://bucket/prefix, or pvc://<claim>/<path>. A URI ending in .mar is a prebuilt TorchServe "
-                "archive and is served as is.", maxLength=2048),
-            "sha256": string("Expected SHA-256 (hex) of the downloaded file, checked before packaging.",
-                             pattern=r"^[a-f0-9]{64}$", maxLength=64),
-            "s3": obj("Settings for s3:// sources.", {
-                "endpoint": string("Endpoint URL of an S3-compatible store (MinIO, Ceph, ...). Empty means "
-                                   "AWS.", pattern=r"^https?://.+", maxLength=512),
-                "region": string("Region of the bucket.", maxLength=64),
-                "credentialsSecret": string("Name of a Secret in this namespace with keys AWS_ACCESS_KEY_ID "
-                                            "and AWS_SECRET_ACCESS_KEY. Empty means the pod's own identity "
-                                            "(IRSA, workload identity).", pattern=DNS_LABEL_PATTERN),
-            }),
-            "serializedFile": string("Weights file inside the source (a state_dict .pt/.pth, or a "
-                                     "TorchScript file).", pattern=RELATIVE_PATH_PATTERN),
-            "modelFile": string("Python file inside the source that defines the model class (needed for a "
-                                "state_dict).", pattern=RELATIVE_PATH_PATTERN),
-            "handler": string("TorchServe handler: a Canaria built-in (image_classifier, json_tensor) or a "
-                              ".py file inside the source.", maxLength=253),
-            "extraFiles": array("More files from the source to put in the archive (e.g. "
-                                "index_to_name.json).", string("Relative path.", pattern=RELATIVE_PATH_PATTERN),
-                                max_items=32),
-            "requirements": string("A requirements.txt inside the source, installed by TorchServe when the "
-                                   "model loads.", pattern=RELATIVE_PATH_PATTERN),
-            "optimization": obj("Optimisations applied while packaging.", {
-                "quantization": enum("Quantisation of the weights: None, or Int8Dynamic (dynamic int8 "
-                                     "quantisation of Linear layers, CPU inference).",
-                                     ["None", "Int8Dynamic"], "None"),
-                "torchscript": boolean("Export the model to TorchScript while packaging.", False),
-            }, default={}),
+                "archive and is served as is.",
+                maxLength=2048,
+            ),
+            "sha256": string(
+                "Expected SHA-256 (hex) of the downloaded file, checked before packaging.",
+                pattern=r"^[a-f0-9]{64}$",
+                maxLength=64,
+            ),
+            "s3": obj(
+                "Settings for s3:// sources.",
+                {
+                    "endpoint": string(
+                        "Endpoint URL of an S3-compatible store (MinIO, Ceph, ...). Empty means AWS.",
+                        pattern=r"^https?://.+",
+                        maxLength=512,
+                    ),
+                    "region": string("Region of the bucket.", maxLength=64),
+                    "credentialsSecret": string(
+                        "Name of a Secret in this namespace with keys AWS_ACCESS_KEY_ID "
+                        "and AWS_SECRET_ACCESS_KEY. Empty means the pod's own identity "
+                        "(IRSA, workload identity).",
+                        pattern=DNS_LABEL_PATTERN,
+                    ),
+                },
+            ),
+            "serializedFile": string(
+                "Weights file inside the source (a state_dict .pt/.pth, or a TorchScript file).",
+                pattern=RELATIVE_PATH_PATTERN,
+            ),
+            "modelFile": string(
+                "Python file inside the source that defines the model class (needed for a state_dict).",
+                pattern=RELATIVE_PATH_PATTERN,
+            ),
+            "handler": string(
+                "TorchServe handler: a Canaria built-in (image_classifier, json_tensor) or a "
+                ".py file inside the source.",
+                maxLength=253,
+            ),
+            "extraFiles": array(
+                "More files from the source to put in the archive (e.g. index_to_name.json).",
+                string("Relative path.", pattern=RELATIVE_PATH_PATTERN),
+                max_items=32,
+            ),
+            "requirements": string(
+                "A requirements.txt inside the source, installed by TorchServe when the model loads.",
+                pattern=RELATIVE_PATH_PATTERN,
+            ),
+            "optimization": obj(
+                "Optimisations applied while packaging.",
+                {
+                    "quantization": enum(
+                        "Quantisation of the weights: None, or Int8Dynamic (dynamic int8 "
+                        "quantisation of Linear layers, CPU inference).",
+                        ["None", "Int8Dynamic"],
+                        "None",
+                    ),
+                    "torchscript": boolean("Export the model to TorchScript while packaging.", False),
+                },
+                default={},
+            ),
         },
         required=["version", "storageUri"],
         rules=[
-            ("self.storageUri.matches('^(https?|s3|pvc)://.+')",
-             "spec.model.storageUri must start with http://, https://, s3:// or pvc://"),
-            ("!self.storageUri.startsWith('pvc://') || "
-             "self.storageUri.matches('^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/[^/].*$')",
-             "spec.model.storageUri: a PVC source is pvc://<claim-name>/<path inside the claim>"),
-            ("!self.storageUri.startsWith('s3://') || self.storageUri.matches('^s3://[a-z0-9][-a-z0-9.]{1,61}"
-             "[a-z0-9](/.*)?$')",
-             "spec.model.storageUri: an S3 source is s3://<bucket>/<prefix>"),
-            ("!has(self.s3) || self.storageUri.startsWith('s3://')",
-             "spec.model.s3 is only for s3:// sources: remove it or change spec.model.storageUri"),
-            ("self.storageUri.endsWith('.mar') || has(self.handler)",
-             "spec.model.handler is required (a built-in such as image_classifier, or a .py file in the source) "
-             "unless spec.model.storageUri is a prebuilt .mar"),
-            ("!self.storageUri.endsWith('.mar') || !(has(self.handler) || has(self.serializedFile) || "
-             "has(self.modelFile) || has(self.extraFiles) || has(self.requirements))",
-             "a prebuilt .mar already contains handler, serializedFile, modelFile, extraFiles and "
-             "requirements: remove them from spec.model"),
-            ("!has(self.handler) || self.handler in " + repr(list(BUILTIN_HANDLERS)) + " || "
-             "self.handler.endsWith('.py') && self.handler.matches('" + RELATIVE_PATH_PATTERN.replace("\\", "\\\\")
-             + "')",
-             "spec.model.handler must be a Canaria built-in (" + ", ".join(BUILTIN_HANDLERS) + ") or the "
-             "relative path of a .py file in the source"),
-            ("!has(self.modelFile) || has(self.serializedFile)",
-             "spec.model.modelFile needs spec.model.serializedFile (the state_dict it loads)"),
-            ("!self.storageUri.endsWith('.mar') || self.optimization.quantization == 'None' && "
-             "!self.optimization.torchscript",
-             "spec.model.optimization cannot be applied to a prebuilt .mar"),
+            (
+                "self.storageUri.matches('^(https?|s3|pvc)://.+')",
+                "spec.model.storageUri must start with http://, https://, s3:// or pvc://",
+            ),
+            (
+                "!self.storageUri.startsWith('pvc://') || "
+                "self.storageUri.matches('^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/[^/].*$')",
+                "spec.model.storageUri: a PVC source is pvc://<claim-name>/<path inside the claim>",
+            ),
+            (
+                "!self.storageUri.startsWith('s3://') || self.storageUri.matches('^s3://[a-z0-9][-a-z0-9.]{1,61}"
+                "[a-z0-9](/.*)?$')",
+                "spec.model.storageUri: an S3 source is s3://<bucket>/<prefix>",
+            ),
+            (
+                "!has(self.s3) || self.storageUri.startsWith('s3://')",
+                "spec.model.s3 is only for s3:// sources: remove it or change spec.model.storageUri",
+            ),
+            (
+                "self.storageUri.endsWith('.mar') || has(self.handler)",
+                "spec.model.handler is required (a built-in such as image_classifier, or a .py file in the source) "
+                "unless spec.model.storageUri is a prebuilt .mar",
+            ),
+            (
+                "!self.storageUri.endsWith('.mar') || !(has(self.handler) || has(self.serializedFile) || "
+                "has(self.modelFile) || has(self.extraFiles) || has(self.requirements))",
+                "a prebuilt .mar already contains handler, serializedFile, modelFile, extraFiles and "
+                "requirements: remove them from spec.model",
+            ),
+            (
+                "!has(self.handler) || self.handler in " + repr(list(BUILTIN_HANDLERS)) + " || "
+                "self.handler.endsWith('.py') && self.handler.matches('"
+                + RELATIVE_PATH_PATTERN.replace("\\", "\\\\")
+                + "')",
+                "spec.model.handler must be a Canaria built-in (" + ", ".join(BUILTIN_HANDLERS) + ") or the "
+                "relative path of a .py file in the source",
+            ),
+            (
+                "!has(self.modelFile) || has(self.serializedFile)",
+                "spec.model.modelFile needs spec.model.serializedFile (the state_dict it loads)",
+            ),
+            (
+                "!self.storageUri.endsWith('.mar') || self.optimization.quantization == 'None' && "
+                "!self.optimization.torchscript",
+                "spec.model.optimization cannot be applied to a prebuilt .mar",
+            ),
         ],
     )
 
@@ -205,159 +278,270 @@ def serving_schema() -> Schema:
         "How TorchServe runs the model. Changes here roll the pods in place.",
         {
             "image": string("TorchServe container image.", DEFAULT_TORCHSERVE_IMAGE, maxLength=512),
-            "imagePullPolicy": enum("Pull policy of the TorchServe image.", ["Always", "IfNotPresent", "Never"],
-                                    "IfNotPresent"),
+            "imagePullPolicy": enum(
+                "Pull policy of the TorchServe image.", ["Always", "IfNotPresent", "Never"], "IfNotPresent"
+            ),
             "replicas": integer("Number of TorchServe pods of the stable version.", 1, 0, 100),
-            "resources": obj("Compute resources of the TorchServe container.", {
-                "requests": quantity_map("Requested resources, e.g. cpu: \"1\", memory: 2Gi."),
-                "limits": quantity_map("Resource limits, e.g. memory: 4Gi."),
-            }, default={"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}}),
-            "workers": obj("TorchServe workers (processes) per pod for this model.", {
-                "min": integer("Workers started with the model; the pod is Ready only when this many are "
-                               "READY.", 1, 1, 64),
-                "max": integer("Most workers TorchServe may scale to.", 1, 1, 64),
-            }, rules=[("self.min <= self.max", "spec.serving.workers.min must not exceed "
-                                               "spec.serving.workers.max")], default={}),
-            "batching": obj("Server-side batching.", {
-                "maxBatchSize": integer("Requests aggregated into one batch (1 turns batching off).", 1, 1,
-                                        1024),
-                "maxBatchDelayMs": integer("Longest wait for a batch to fill, in milliseconds.", 50, 0, 60000),
-            }, default={}),
-            "responseTimeoutSeconds": integer("Time a worker may take for one batch before TorchServe "
-                                              "restarts it.", 120, 1, 3600),
+            "resources": obj(
+                "Compute resources of the TorchServe container.",
+                {
+                    "requests": quantity_map('Requested resources, e.g. cpu: "1", memory: 2Gi.'),
+                    "limits": quantity_map("Resource limits, e.g. memory: 4Gi."),
+                },
+                default={"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}},
+            ),
+            "workers": obj(
+                "TorchServe workers (processes) per pod for this model.",
+                {
+                    "min": integer(
+                        "Workers started with the model; the pod is Ready only when this many are READY.", 1, 1, 64
+                    ),
+                    "max": integer("Most workers TorchServe may scale to.", 1, 1, 64),
+                },
+                rules=[("self.min <= self.max", "spec.serving.workers.min must not exceed spec.serving.workers.max")],
+                default={},
+            ),
+            "batching": obj(
+                "Server-side batching.",
+                {
+                    "maxBatchSize": integer("Requests aggregated into one batch (1 turns batching off).", 1, 1, 1024),
+                    "maxBatchDelayMs": integer("Longest wait for a batch to fill, in milliseconds.", 50, 0, 60000),
+                },
+                default={},
+            ),
+            "responseTimeoutSeconds": integer(
+                "Time a worker may take for one batch before TorchServe restarts it.", 120, 1, 3600
+            ),
             "env": free_form("Environment variables of the TorchServe container (core/v1 EnvVar).", "array"),
             "nodeSelector": string_map("Node labels the pods must match."),
             "tolerations": free_form("Pod tolerations (core/v1 Toleration).", "array"),
             "affinity": free_form("Pod affinity rules (core/v1 Affinity)."),
-            "serviceAccountName": string("Service account of the pods (for example one with read access to "
-                                         "the model bucket).", pattern=DNS_LABEL_PATTERN),
-            "imagePullSecrets": array("Secrets for pulling the images.", obj("A Secret reference.", {
-                "name": string("Secret name.", pattern=DNS_LABEL_PATTERN)}, required=["name"]), 16),
+            "serviceAccountName": string(
+                "Service account of the pods (for example one with read access to the model bucket).",
+                pattern=DNS_LABEL_PATTERN,
+            ),
+            "imagePullSecrets": array(
+                "Secrets for pulling the images.",
+                obj(
+                    "A Secret reference.",
+                    {"name": string("Secret name.", pattern=DNS_LABEL_PATTERN)},
+                    required=["name"],
+                ),
+                16,
+            ),
         },
         default={},
     )
 
 
 def monitoring_schema() -> Schema:
-    return obj("Prometheus wiring.", {
-        "serviceMonitor": obj("A Prometheus Operator ServiceMonitor for the model's pods (created when the "
-                              "ServiceMonitor CRD exists in the cluster).", {
-            "enabled": boolean("Create the ServiceMonitor.", True),
-            "interval": duration("Scrape interval.", "15s"),
-            "labels": string_map("Extra labels on the ServiceMonitor, so that a Prometheus's "
-                                 "serviceMonitorSelector finds it (e.g. release: prometheus)."),
-        }, default={}),
-    }, default={})
+    return obj(
+        "Prometheus wiring.",
+        {
+            "serviceMonitor": obj(
+                "A Prometheus Operator ServiceMonitor for the model's pods (created when the "
+                "ServiceMonitor CRD exists in the cluster).",
+                {
+                    "enabled": boolean("Create the ServiceMonitor.", True),
+                    "interval": duration("Scrape interval.", "15s"),
+                    "labels": string_map(
+                        "Extra labels on the ServiceMonitor, so that a Prometheus's "
+                        "serviceMonitorSelector finds it (e.g. release: prometheus)."
+                    ),
+                },
+                default={},
+            ),
+        },
+        default={},
+    )
 
 
 def metric_schema() -> Schema:
-    return obj("One check of the canary against Prometheus.", {
-        "name": string("Name of the check, shown in status and Events.", pattern=DNS_LABEL_PATTERN, maxLength=63),
-        "builtin": enum("A ready-made TorchServe query: ErrorRate (percent of 5xx answers), MeanLatency "
-                        "(milliseconds, from ts_inference_latency_microseconds).", ["ErrorRate", "MeanLatency"]),
-        "query": string("A PromQL template instead of a builtin. Variables: {{namespace}}, {{name}}, "
-                        "{{model}}, {{track}}, {{version}}, {{interval}}; an unknown variable is an error.",
-                        maxLength=4096),
-        "max": number("The check fails above this value."),
-        "min": number("The check fails below this value."),
-        "maxIncreaseOverStablePercent": number("The check fails when the canary's value exceeds the stable "
-                                               "version's by more than this percentage.", 0),
-    }, required=["name"], rules=[
-        ("has(self.builtin) != has(self.query)",
-         "each spec.rollout.analysis.metrics entry needs exactly one of builtin or query"),
-        ("has(self.max) || has(self.min) || has(self.maxIncreaseOverStablePercent)",
-         "each spec.rollout.analysis.metrics entry needs a threshold: max, min or maxIncreaseOverStablePercent"),
-        ("!has(self.max) || !has(self.min) || self.min <= self.max",
-         "spec.rollout.analysis.metrics: min must not exceed max"),
-    ])
+    return obj(
+        "One check of the canary against Prometheus.",
+        {
+            "name": string("Name of the check, shown in status and Events.", pattern=DNS_LABEL_PATTERN, maxLength=63),
+            "builtin": enum(
+                "A ready-made TorchServe query: ErrorRate (percent of 5xx answers), MeanLatency "
+                "(milliseconds, from ts_inference_latency_microseconds).",
+                ["ErrorRate", "MeanLatency"],
+            ),
+            "query": string(
+                "A PromQL template instead of a builtin. Variables: {{namespace}}, {{name}}, "
+                "{{model}}, {{track}}, {{version}}, {{interval}}; an unknown variable is an error.",
+                maxLength=4096,
+            ),
+            "max": number("The check fails above this value."),
+            "min": number("The check fails below this value."),
+            "maxIncreaseOverStablePercent": number(
+                "The check fails when the canary's value exceeds the stable version's by more than this percentage.", 0
+            ),
+        },
+        required=["name"],
+        rules=[
+            (
+                "has(self.builtin) != has(self.query)",
+                "each spec.rollout.analysis.metrics entry needs exactly one of builtin or query",
+            ),
+            (
+                "has(self.max) || has(self.min) || has(self.maxIncreaseOverStablePercent)",
+                "each spec.rollout.analysis.metrics entry needs a threshold: max, min or maxIncreaseOverStablePercent",
+            ),
+            (
+                "!has(self.max) || !has(self.min) || self.min <= self.max",
+                "spec.rollout.analysis.metrics: min must not exceed max",
+            ),
+        ],
+    )
 
 
 def rollout_schema() -> Schema:
-    step = obj("One step of a canary rollout.", {
-        "weight": integer("Percent of traffic sent to the new version at this step.", None, 1, 99),
-        "pause": duration("Bake time at this step before the next one (the analysis must pass throughout). "
-                          "Defaults to spec.rollout.stepInterval."),
-    }, required=["weight"])
-    analysis = obj("How each step is judged. The canary is promoted when every check passes at every step, "
-                   "and rolled back when a check fails failureLimit times in a row.", {
-        "interval": duration("How often the checks run.", "30s"),
-        "failureLimit": integer("Failed checks in a row that roll the canary back.", 2, 1, 100),
-        "minRequests": integer("Requests the canary must have served in an interval for a verdict; with "
-                               "fewer, the interval counts as no data.", 10, 0, 1000000),
-        "noData": enum("What no data means: Wait (hold the step and say so in status), Fail (count as a "
-                       "failed check), Pass (count as passed).", ["Wait", "Fail", "Pass"], "Wait"),
-        "metrics": array("The checks. Defaults: error rate at most 1 percent, mean latency at most 20 percent "
-                         "above the stable version's.", metric_schema(), 16),
-    }, default={"metrics": [
-        {"name": "error-rate", "builtin": "ErrorRate", "max": 1},
-        {"name": "latency", "builtin": "MeanLatency", "maxIncreaseOverStablePercent": 20},
-    ]})
+    step = obj(
+        "One step of a canary rollout.",
+        {
+            "weight": integer("Percent of traffic sent to the new version at this step.", None, 1, 99),
+            "pause": duration(
+                "Bake time at this step before the next one (the analysis must pass throughout). "
+                "Defaults to spec.rollout.stepInterval."
+            ),
+        },
+        required=["weight"],
+    )
+    analysis = obj(
+        "How each step is judged. The canary is promoted when every check passes at every step, "
+        "and rolled back when a check fails failureLimit times in a row.",
+        {
+            "interval": duration("How often the checks run.", "30s"),
+            "failureLimit": integer("Failed checks in a row that roll the canary back.", 2, 1, 100),
+            "minRequests": integer(
+                "Requests the canary must have served in an interval for a verdict; with "
+                "fewer, the interval counts as no data.",
+                10,
+                0,
+                1000000,
+            ),
+            "noData": enum(
+                "What no data means: Wait (hold the step and say so in status), Fail (count as a "
+                "failed check), Pass (count as passed).",
+                ["Wait", "Fail", "Pass"],
+                "Wait",
+            ),
+            "metrics": array(
+                "The checks. Defaults: error rate at most 1 percent, mean latency at most 20 percent "
+                "above the stable version's.",
+                metric_schema(),
+                16,
+            ),
+        },
+        default={
+            "metrics": [
+                {"name": "error-rate", "builtin": "ErrorRate", "max": 1},
+                {"name": "latency", "builtin": "MeanLatency", "maxIncreaseOverStablePercent": 20},
+            ]
+        },
+    )
     return obj(
         "How a new model version replaces the serving one. Edit spec.model.version to start a rollout; set "
         "paused, promote or abort to steer it.",
         {
-            "strategy": enum("Canary: the steps below. Linear: stepWeight more traffic every stepInterval up "
-                             "to maxWeight. Immediate: a plain rolling update, no analysis.",
-                             ["Canary", "Linear", "Immediate"], "Canary"),
-            "steps": array("Canary steps (strategy Canary), in increasing weight.", step, 20,
-                           default=[{"weight": 10}, {"weight": 50}]),
+            "strategy": enum(
+                "Canary: the steps below. Linear: stepWeight more traffic every stepInterval up "
+                "to maxWeight. Immediate: a plain rolling update, no analysis.",
+                ["Canary", "Linear", "Immediate"],
+                "Canary",
+            ),
+            "steps": array(
+                "Canary steps (strategy Canary), in increasing weight.",
+                step,
+                20,
+                default=[{"weight": 10}, {"weight": 50}],
+            ),
             "stepWeight": integer("Traffic added per step (strategy Linear), in percent.", 20, 1, 99),
             "maxWeight": integer("Last canary weight before promotion (strategy Linear), in percent.", 80, 1, 99),
             "stepInterval": duration("Default bake time of a step.", "1m"),
             "analysis": analysis,
             "paused": boolean("Hold the rollout at its current step (traffic stays as it is).", False),
-            "promote": string("Set to the canary's version to promote it now, skipping the remaining steps "
-                              "and analysis. Ignored for any other version.", pattern=VERSION_PATTERN,
-                              maxLength=40),
-            "abort": string("Set to the canary's version to roll it back now. Ignored for any other version.",
-                            pattern=VERSION_PATTERN, maxLength=40),
+            "promote": string(
+                "Set to the canary's version to promote it now, skipping the remaining steps "
+                "and analysis. Ignored for any other version.",
+                pattern=VERSION_PATTERN,
+                maxLength=40,
+            ),
+            "abort": string(
+                "Set to the canary's version to roll it back now. Ignored for any other version.",
+                pattern=VERSION_PATTERN,
+                maxLength=40,
+            ),
         },
         rules=[
-            ("!has(self.steps) || self.steps.map(s, s.weight).isSorted()",
-             "spec.rollout.steps must be in increasing weight"),
-            ("self.stepWeight <= self.maxWeight",
-             "spec.rollout.stepWeight must not exceed spec.rollout.maxWeight"),
-            ("self.strategy != 'Canary' || size(self.steps) > 0",
-             "spec.rollout.steps needs at least one step for strategy Canary"),
-            ("!has(self.promote) || !has(self.abort) || self.promote != self.abort",
-             "spec.rollout.promote and spec.rollout.abort name the same version: keep one"),
+            (
+                "!has(self.steps) || self.steps.map(s, s.weight).isSorted()",
+                "spec.rollout.steps must be in increasing weight",
+            ),
+            ("self.stepWeight <= self.maxWeight", "spec.rollout.stepWeight must not exceed spec.rollout.maxWeight"),
+            (
+                "self.strategy != 'Canary' || size(self.steps) > 0",
+                "spec.rollout.steps needs at least one step for strategy Canary",
+            ),
+            (
+                "!has(self.promote) || !has(self.abort) || self.promote != self.abort",
+                "spec.rollout.promote and spec.rollout.abort name the same version: keep one",
+            ),
         ],
         default={},
     )
 
 
 def traffic_schema() -> Schema:
-    parent_ref = obj("A Gateway the HTTPRoute attaches to.", {
-        "name": string("Gateway name.", pattern=DNS_LABEL_PATTERN),
-        "namespace": string("Gateway namespace (defaults to this one).", pattern=DNS_LABEL_PATTERN),
-        "sectionName": string("Listener name on the Gateway.", maxLength=253),
-    }, required=["name"])
+    parent_ref = obj(
+        "A Gateway the HTTPRoute attaches to.",
+        {
+            "name": string("Gateway name.", pattern=DNS_LABEL_PATTERN),
+            "namespace": string("Gateway namespace (defaults to this one).", pattern=DNS_LABEL_PATTERN),
+            "sectionName": string("Listener name on the Gateway.", maxLength=253),
+        },
+        required=["name"],
+    )
     return obj(
         "How traffic is split between the stable and the canary version.",
         {
-            "mode": enum("Service: one Service over both versions, the split follows their replica counts "
-                         "(no extra components, coarse). GatewayAPI: an HTTPRoute with exact weights.",
-                         ["Service", "GatewayAPI"], "Service"),
-            "gateway": obj("The Gateway API settings (mode GatewayAPI).", {
-                "parentRefs": array("Gateways to attach the HTTPRoute to.", parent_ref, 8),
-                "hostnames": array("Hostnames the route answers.", string("A hostname.", maxLength=253), 16),
-            }),
+            "mode": enum(
+                "Service: one Service over both versions, the split follows their replica counts "
+                "(no extra components, coarse). GatewayAPI: an HTTPRoute with exact weights.",
+                ["Service", "GatewayAPI"],
+                "Service",
+            ),
+            "gateway": obj(
+                "The Gateway API settings (mode GatewayAPI).",
+                {
+                    "parentRefs": array("Gateways to attach the HTTPRoute to.", parent_ref, 8),
+                    "hostnames": array("Hostnames the route answers.", string("A hostname.", maxLength=253), 16),
+                },
+            ),
         },
-        rules=[("self.mode != 'GatewayAPI' || has(self.gateway) && has(self.gateway.parentRefs) && "
+        rules=[
+            (
+                "self.mode != 'GatewayAPI' || has(self.gateway) && has(self.gateway.parentRefs) && "
                 "size(self.gateway.parentRefs) > 0",
-                "spec.traffic.gateway.parentRefs is required when spec.traffic.mode is GatewayAPI")],
+                "spec.traffic.gateway.parentRefs is required when spec.traffic.mode is GatewayAPI",
+            )
+        ],
         default={},
     )
 
 
 def spec_schema() -> Schema:
-    return obj("The model to serve, how to serve it, and how new versions roll out.", {
-        "model": model_schema(),
-        "serving": serving_schema(),
-        "monitoring": monitoring_schema(),
-        "rollout": rollout_schema(),
-        "traffic": traffic_schema(),
-    }, required=["model"])
+    return obj(
+        "The model to serve, how to serve it, and how new versions roll out.",
+        {
+            "model": model_schema(),
+            "serving": serving_schema(),
+            "monitoring": monitoring_schema(),
+            "rollout": rollout_schema(),
+            "traffic": traffic_schema(),
+        },
+        required=["model"],
+    )
 
 
 # -- status -------------------------------------------------------------------------------------------
@@ -366,37 +550,52 @@ PHASES = ["Pending", "Serving", "Progressing", "Paused", "Promoting", "RolledBac
 
 
 def status_schema() -> Schema:
-    condition = obj("A condition of the ModelDeployment (kstatus-compatible: Ready, Reconciling, Stalled, "
-                    "and one per part).", {
-        "type": string("Condition type.", maxLength=316),
-        "status": enum("True, False or Unknown.", ["True", "False", "Unknown"]),
-        "reason": string("CamelCase reason.", maxLength=1024),
-        "message": string("Human-readable detail.", maxLength=32768),
-        "lastTransitionTime": string("When status last changed.", format="date-time", maxLength=64),
-        "observedGeneration": integer("Generation the condition was computed from.", None, 0),
-    }, required=["type", "status"])
-    return obj("Observed state, written by the operator.", {
-        "observedGeneration": integer("The spec generation this status describes.", None, 0),
-        "phase": enum("Pending: the first version is not serving yet. Serving: the stable version serves, no "
-                      "rollout. Progressing: a canary takes part of the traffic. Paused: a rollout waits "
-                      "(paused, or no data). Promoting: the canary passed and becomes stable. RolledBack: the "
-                      "last canary failed and was removed; the stable version serves. Degraded: the stable "
-                      "version serves with fewer ready pods than wanted. Failed: nothing serves and a spec "
-                      "change is needed.", PHASES),
-        "message": string("What the operator is doing or waiting for.", maxLength=4096),
-        "stableVersion": string("Version that serves most traffic.", maxLength=40),
-        "canaryVersion": string("Version under test, if any.", maxLength=40),
-        "canaryWeight": integer("Percent of traffic sent to the canary.", None, 0, 100),
-        "replicas": integer("Pods wanted for the stable version.", None, 0),
-        "readyReplicas": integer("Stable pods ready (model loaded).", None, 0),
-        "ready": string("Ready pods over wanted pods, e.g. 2/2.", maxLength=32),
-        "url": string("In-cluster inference URL.", maxLength=1024),
-        "modelDigest": string("SHA-256 of the serving model archive.", maxLength=128),
-        "conditions": {**array("Conditions.", condition, 32),
-                       "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-        "rollout": {"type": "object", "description": "Rollout state machine (internal, survives restarts).",
-                    "x-kubernetes-preserve-unknown-fields": True},
-    })
+    condition = obj(
+        "A condition of the ModelDeployment (kstatus-compatible: Ready, Reconciling, Stalled, and one per part).",
+        {
+            "type": string("Condition type.", maxLength=316),
+            "status": enum("True, False or Unknown.", ["True", "False", "Unknown"]),
+            "reason": string("CamelCase reason.", maxLength=1024),
+            "message": string("Human-readable detail.", maxLength=32768),
+            "lastTransitionTime": string("When status last changed.", format="date-time", maxLength=64),
+            "observedGeneration": integer("Generation the condition was computed from.", None, 0),
+        },
+        required=["type", "status"],
+    )
+    return obj(
+        "Observed state, written by the operator.",
+        {
+            "observedGeneration": integer("The spec generation this status describes.", None, 0),
+            "phase": enum(
+                "Pending: the first version is not serving yet. Serving: the stable version serves, no "
+                "rollout. Progressing: a canary takes part of the traffic. Paused: a rollout waits "
+                "(paused, or no data). Promoting: the canary passed and becomes stable. RolledBack: the "
+                "last canary failed and was removed; the stable version serves. Degraded: the stable "
+                "version serves with fewer ready pods than wanted. Failed: nothing serves and a spec "
+                "change is needed.",
+                PHASES,
+            ),
+            "message": string("What the operator is doing or waiting for.", maxLength=4096),
+            "stableVersion": string("Version that serves most traffic.", maxLength=40),
+            "canaryVersion": string("Version under test, if any.", maxLength=40),
+            "canaryWeight": integer("Percent of traffic sent to the canary.", None, 0, 100),
+            "replicas": integer("Pods wanted for the stable version.", None, 0),
+            "readyReplicas": integer("Stable pods ready (model loaded).", None, 0),
+            "ready": string("Ready pods over wanted pods, e.g. 2/2.", maxLength=32),
+            "url": string("In-cluster inference URL.", maxLength=1024),
+            "modelDigest": string("SHA-256 of the serving model archive.", maxLength=128),
+            "conditions": {
+                **array("Conditions.", condition, 32),
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+            },
+            "rollout": {
+                "type": "object",
+                "description": "Rollout state machine (internal, survives restarts).",
+                "x-kubernetes-preserve-unknown-fields": True,
+            },
+        },
+    )
 
 
 # -- the CRD --------------------------------------------------------------------------------------------
@@ -433,12 +632,15 @@ def openapi_schema() -> Schema:
         },
         "required": ["spec"],
         "x-kubernetes-validations": [
-            {"rule": "size(self.metadata.name) <= 45",
-             "message": "metadata.name must be at most 45 characters (child objects add suffixes such as "
-                        "-canary)"},
-            {"rule": "has(self.spec.model.name) || self.metadata.name.matches('^[a-z][a-z0-9-]*$')",
-             "message": "metadata.name is not a valid TorchServe model name (letters, digits, - and _, "
-                        "starting with a letter): set spec.model.name"},
+            {
+                "rule": "size(self.metadata.name) <= 45",
+                "message": "metadata.name must be at most 45 characters (child objects add suffixes such as -canary)",
+            },
+            {
+                "rule": "has(self.spec.model.name) || self.metadata.name.matches('^[a-z][a-z0-9-]*$')",
+                "message": "metadata.name is not a valid TorchServe model name (letters, digits, - and _, "
+                "starting with a letter): set spec.model.name",
+            },
         ],
     }
 
@@ -447,20 +649,30 @@ def custom_resource_definition() -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{PLURAL}.{GROUP}",
-                     "labels": {"app.kubernetes.io/name": "canaria", "app.kubernetes.io/part-of": "canaria"}},
+        "metadata": {
+            "name": f"{PLURAL}.{GROUP}",
+            "labels": {"app.kubernetes.io/name": "canaria", "app.kubernetes.io/part-of": "canaria"},
+        },
         "spec": {
             "group": GROUP,
-            "names": {"kind": KIND, "listKind": f"{KIND}List", "plural": PLURAL, "singular": SINGULAR,
-                      "shortNames": SHORT_NAMES, "categories": CATEGORIES},
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": SHORT_NAMES,
+                "categories": CATEGORIES,
+            },
             "scope": "Namespaced",
-            "versions": [{
-                "name": VERSION,
-                "served": True,
-                "storage": True,
-                "schema": {"openAPIV3Schema": openapi_schema()},
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": printer_columns(),
-            }],
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": openapi_schema()},
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": printer_columns(),
+                }
+            ],
         },
     }

@@ -36,4 +36,3 @@ def pvc_source(model: Object) -> tuple[str, str] | None:
         return None
     claim, _, path = uri.removeprefix("pvc://").partition("/")
     return claim, path
-

@@ -13,14 +13,21 @@ from typing import Any
 from canaria.spec import Object
 
 
-def set_condition(conditions: list[Object], type_: str, status: bool | None, reason: str, message: str,
-                  generation: int, now: str) -> list[Object]:
+def set_condition(
+    conditions: list[Object], type_: str, status: bool | None, reason: str, message: str, generation: int, now: str
+) -> list[Object]:
     """A new list with `type_` set; lastTransitionTime changes only when the status value changes."""
     value = {True: "True", False: "False", None: "Unknown"}[status]
     old = next((c for c in conditions if c["type"] == type_), None)
     since = old["lastTransitionTime"] if old and old.get("status") == value else now
-    new = {"type": type_, "status": value, "reason": reason, "message": message,
-           "lastTransitionTime": since, "observedGeneration": generation}
+    new = {
+        "type": type_,
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since,
+        "observedGeneration": generation,
+    }
     return [c for c in conditions if c["type"] != type_] + [new]
 
 
@@ -81,8 +88,9 @@ def pod_failures(pods: list[Object]) -> list[Problem]:
                 continue  # a crash-looping packager is already reported as PackagingFailed
             last = _terminated(container) or {}
             detail = (waiting.get("message") or last.get("message") or last.get("reason") or "").strip()
-            problems.append(Problem(reason, f"container {container['name']} of pod {name}: "
-                                    f"{waiting['reason']}: {detail}"))
+            problems.append(
+                Problem(reason, f"container {container['name']} of pod {name}: {waiting['reason']}: {detail}")
+            )
     return _unique(problems)
 
 
@@ -114,17 +122,18 @@ def deployment_complete(deployment: Object | None, wanted: int) -> tuple[bool, i
         return False, 0
     status = deployment.get("status") or {}
     ready = int(status.get("readyReplicas") or 0)
-    complete = (status.get("observedGeneration") == deployment["metadata"].get("generation")
-                and int(status.get("updatedReplicas") or 0) == wanted
-                and int(status.get("replicas") or 0) == wanted
-                and ready == wanted)
+    complete = (
+        status.get("observedGeneration") == deployment["metadata"].get("generation")
+        and int(status.get("updatedReplicas") or 0) == wanted
+        and int(status.get("replicas") or 0) == wanted
+        and ready == wanted
+    )
     return complete, ready
 
 
 def progress_deadline_exceeded(deployment: Object | None) -> bool:
     conditions = ((deployment or {}).get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded"
-               for c in conditions)
+    return any(c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded" for c in conditions)
 
 
 def derive(old: Object, facts: Facts, now: str) -> Object:
@@ -137,14 +146,26 @@ def derive(old: Object, facts: Facts, now: str) -> Object:
         conditions = set_condition(conditions, type_, status, reason, message, generation, now)
 
     unresolved = facts.unresolved
-    put("ResolvedRefs", not unresolved, unresolved[0].reason if unresolved else "AllResolved",
-        "; ".join(p.message for p in unresolved) or "the model's PVC and Secret references exist")
+    put(
+        "ResolvedRefs",
+        not unresolved,
+        unresolved[0].reason if unresolved else "AllResolved",
+        "; ".join(p.message for p in unresolved) or "the model's PVC and Secret references exist",
+    )
     serving = facts.ready_replicas > 0
-    put("Available", serving, "ModelLoaded" if serving else "NoReadyPods",
-        f"{facts.ready_replicas} of {facts.wanted_replicas} pods have the model loaded")
+    put(
+        "Available",
+        serving,
+        "ModelLoaded" if serving else "NoReadyPods",
+        f"{facts.ready_replicas} of {facts.wanted_replicas} pods have the model loaded",
+    )
     monitor = facts.service_monitor
-    put("ServiceMonitorReady", monitor is None, monitor.reason if monitor else "Created",
-        monitor.message if monitor else "the ServiceMonitor exists")
+    put(
+        "ServiceMonitorReady",
+        monitor is None,
+        monitor.reason if monitor else "Created",
+        monitor.message if monitor else "the ServiceMonitor exists",
+    )
 
     blocking = unresolved + facts.failures
     ready = not blocking and facts.rollout_complete
@@ -153,13 +174,24 @@ def derive(old: Object, facts: Facts, now: str) -> Object:
     elif blocking:
         reason, message = blocking[0].reason, "; ".join(p.message for p in blocking)
     else:
-        reason, message = "RollingOut", "; ".join([f"waiting for the pods of version {facts.version}: "
-                                                  f"{facts.ready_replicas} of {facts.wanted_replicas} ready",
-                                                  *facts.waiting])
+        reason, message = (
+            "RollingOut",
+            "; ".join(
+                [
+                    f"waiting for the pods of version {facts.version}: "
+                    f"{facts.ready_replicas} of {facts.wanted_replicas} ready",
+                    *facts.waiting,
+                ]
+            ),
+        )
     put("Ready", ready, reason, message)
     put("Stalled", bool(blocking), reason if blocking else "NotStalled", message if blocking else "")
-    put("Reconciling", not ready and not blocking, reason if not ready and not blocking else "Reconciled",
-        message if not ready and not blocking else "")
+    put(
+        "Reconciling",
+        not ready and not blocking,
+        reason if not ready and not blocking else "Reconciled",
+        message if not ready and not blocking else "",
+    )
 
     if ready:
         phase = "Serving"

@@ -65,8 +65,9 @@ class Operator:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("wb")
         env = {**os.environ, "CANARIA_PACKAGER_IMAGE": "canaria-packager:test"}
-        self.process = subprocess.Popen([sys.executable, "-m", "canaria", "run"], stdout=log,
-                                        stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "canaria", "run"], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+        )
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -106,9 +107,16 @@ def example_model_deployment(name: str = "cifar10", **spec: Any) -> dict[str, An
         "apiVersion": "serving.canaria.dev/v1alpha1",
         "kind": "ModelDeployment",
         "metadata": {"name": name},
-        "spec": {"model": {"version": "1.0", "storageUri": "https://models.example/cifar10.tar.gz",
-                           "serializedFile": "cifar10.pt", "modelFile": "model.py",
-                           "handler": "image_classifier", "extraFiles": ["index_to_name.json"]}},
+        "spec": {
+            "model": {
+                "version": "1.0",
+                "storageUri": "https://models.example/cifar10.tar.gz",
+                "serializedFile": "cifar10.pt",
+                "modelFile": "model.py",
+                "handler": "image_classifier",
+                "extraFiles": ["index_to_name.json"],
+            }
+        },
     }
     for section, values in spec.items():
         body["spec"].setdefault(section, {}).update(values)

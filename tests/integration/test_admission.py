@@ -28,8 +28,7 @@ def merged(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
 
 
 def dry_run_apply(body: dict[str, Any]) -> str:
-    result = kubectl("apply", "-n", "default", "--dry-run=server", "-f", "-", input=yaml.safe_dump(body),
-                     check=False)
+    result = kubectl("apply", "-n", "default", "--dry-run=server", "-f", "-", input=yaml.safe_dump(body), check=False)
     return result.stderr if result.returncode else ""
 
 
@@ -44,8 +43,7 @@ def test_the_valid_base_is_accepted(crd_installed):
 
 @pytest.mark.parametrize("case", CORPUS, ids=[case["case"] for case in CORPUS])
 def test_invalid_object_is_rejected_with_its_message(crd_installed, case):
-    body = merged(example_model_deployment(), {"spec": case.get("spec", {}),
-                                               "metadata": case.get("metadata", {})})
+    body = merged(example_model_deployment(), {"spec": case.get("spec", {}), "metadata": case.get("metadata", {})})
     error = dry_run_apply(body)
     assert error, f"{case['case']}: accepted, but should be rejected"
     assert case["message"] in error, f"{case['case']}: the user sees {error!r}"

@@ -24,8 +24,12 @@ def test_apply_creates_owned_children_and_becomes_ready(operator, namespace):
     assert md["status"]["ready"] == "1/1"
     assert md["status"]["observedGeneration"] == md["metadata"]["generation"]
     assert md["status"]["url"] == f"http://cifar10.{namespace}.svc.cluster.local:8080/predictions/cifar10"
-    for kind, name in [("deployment", "cifar10-stable"), ("configmap", "cifar10-stable-config"),
-                       ("service", "cifar10"), ("servicemonitor", "cifar10")]:
+    for kind, name in [
+        ("deployment", "cifar10-stable"),
+        ("configmap", "cifar10-stable-config"),
+        ("service", "cifar10"),
+        ("servicemonitor", "cifar10"),
+    ]:
         child = get_json("-n", namespace, kind, name)
         (owner,) = child["metadata"]["ownerReferences"]
         assert owner["uid"] == md["metadata"]["uid"], kind
@@ -46,10 +50,24 @@ def test_serving_edit_updates_in_place(operator, namespace):
     apply(namespace, example_model_deployment())
     ready(namespace)
     uid = get_json("-n", namespace, "deployment", "cifar10-stable")["metadata"]["uid"]
-    kubectl("patch", "-n", namespace, "md", "cifar10", "--type=merge",
-            "-p", '{"spec":{"serving":{"replicas":2,"batching":{"maxBatchSize":4}}}}')
-    md = wait_for(lambda: (m := get_json("-n", namespace, "md/cifar10"))["status"].get("ready") == "2/2"
-                  and condition(m, "Ready").get("status") == "True" and m, what="2/2 ready after the edit")
+    kubectl(
+        "patch",
+        "-n",
+        namespace,
+        "md",
+        "cifar10",
+        "--type=merge",
+        "-p",
+        '{"spec":{"serving":{"replicas":2,"batching":{"maxBatchSize":4}}}}',
+    )
+    md = wait_for(
+        lambda: (
+            (m := get_json("-n", namespace, "md/cifar10"))["status"].get("ready") == "2/2"
+            and condition(m, "Ready").get("status") == "True"
+            and m
+        ),
+        what="2/2 ready after the edit",
+    )
     deployment = get_json("-n", namespace, "deployment", "cifar10-stable")
     assert deployment["metadata"]["uid"] == uid  # updated, not recreated
     assert deployment["spec"]["replicas"] == 2
@@ -62,16 +80,32 @@ def test_drift_is_repaired(operator, namespace):
     apply(namespace, example_model_deployment())
     ready(namespace)
     kubectl("delete", "-n", namespace, "service", "cifar10")
-    wait_for(lambda: kubectl("get", "-n", namespace, "service", "cifar10", check=False).returncode == 0,
-             what="the deleted Service to be recreated")
+    wait_for(
+        lambda: kubectl("get", "-n", namespace, "service", "cifar10", check=False).returncode == 0,
+        what="the deleted Service to be recreated",
+    )
     kubectl("scale", "-n", namespace, "deployment", "cifar10-stable", "--replicas=3")
-    wait_for(lambda: get_json("-n", namespace, "deployment", "cifar10-stable")["spec"]["replicas"] == 1,
-             what="the hand-scaled Deployment to return to 1 replica")
-    kubectl("patch", "-n", namespace, "configmap", "cifar10-stable-config", "--type=merge",
-            "-p", '{"data":{"config.properties":"tampered"}}')
-    wait_for(lambda: "metrics_mode=prometheus" in get_json("-n", namespace, "configmap",
-                                                           "cifar10-stable-config")["data"]["config.properties"],
-             what="the tampered ConfigMap to be restored")
+    wait_for(
+        lambda: get_json("-n", namespace, "deployment", "cifar10-stable")["spec"]["replicas"] == 1,
+        what="the hand-scaled Deployment to return to 1 replica",
+    )
+    kubectl(
+        "patch",
+        "-n",
+        namespace,
+        "configmap",
+        "cifar10-stable-config",
+        "--type=merge",
+        "-p",
+        '{"data":{"config.properties":"tampered"}}',
+    )
+    wait_for(
+        lambda: (
+            "metrics_mode=prometheus"
+            in get_json("-n", namespace, "configmap", "cifar10-stable-config")["data"]["config.properties"]
+        ),
+        what="the tampered ConfigMap to be restored",
+    )
 
 
 def test_delete_garbage_collects_children(operator, namespace):
@@ -80,8 +114,13 @@ def test_delete_garbage_collects_children(operator, namespace):
     kubectl("delete", "-n", namespace, "md", "cifar10", "--wait=true")
 
     def gone() -> bool:
-        left = get_json("-n", namespace, "deployments,services,configmaps,servicemonitors,pods",
-                        "-l", "serving.canaria.dev/model-deployment=cifar10")["items"]
+        left = get_json(
+            "-n",
+            namespace,
+            "deployments,services,configmaps,servicemonitors,pods",
+            "-l",
+            "serving.canaria.dev/model-deployment=cifar10",
+        )["items"]
         return not left
 
     wait_for(gone, timeout=60, what="children to be garbage-collected")
@@ -89,8 +128,10 @@ def test_delete_garbage_collects_children(operator, namespace):
 
 def test_missing_pvc_is_reported_and_resolves_when_created(operator, namespace):
     apply(namespace, example_model_deployment(model={"storageUri": "pvc://model-files/cifar10"}))
-    md = wait_for(lambda: (m := get_json("-n", namespace, "md/cifar10")).get("status", {}).get("phase") == "Failed"
-                  and m, what="phase Failed")
+    md = wait_for(
+        lambda: (m := get_json("-n", namespace, "md/cifar10")).get("status", {}).get("phase") == "Failed" and m,
+        what="phase Failed",
+    )
     ready_condition = condition(md, "Ready")
     assert ready_condition["status"] == "False" and ready_condition["reason"] == "PVCNotFound"
     assert "spec.model.storageUri" in ready_condition["message"] and "model-files" in ready_condition["message"]
@@ -98,7 +139,13 @@ def test_missing_pvc_is_reported_and_resolves_when_created(operator, namespace):
     assert kubectl("get", "-n", namespace, "deployment", "cifar10-stable", check=False).returncode != 0
     events = get_json("-n", namespace, "events", "--field-selector", "involvedObject.name=cifar10")["items"]
     assert any(e["reason"] == "PVCNotFound" and e["type"] == "Warning" for e in events)
-    kubectl("apply", "-n", namespace, "-f", "-", input=f"""
+    kubectl(
+        "apply",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        input=f"""
 apiVersion: v1
 kind: PersistentVolume
 metadata: {{name: {namespace}-model-files}}
@@ -114,7 +161,8 @@ kind: PersistentVolumeClaim
 metadata: {{name: model-files}}
 spec: {{accessModes: [ReadOnlyMany], storageClassName: "", volumeName: {namespace}-model-files,
        resources: {{requests: {{storage: 1Gi}}}}}}
-""")
+""",
+    )
     ready(namespace, timeout="90s")
 
 
@@ -122,10 +170,20 @@ def test_a_bad_edit_keeps_the_serving_version(operator, namespace):
     apply(namespace, example_model_deployment())
     ready(namespace)
     before = get_json("-n", namespace, "deployment", "cifar10-stable")
-    kubectl("patch", "-n", namespace, "md", "cifar10", "--type=merge",
-            "-p", '{"spec":{"model":{"version":"2.0","storageUri":"pvc://missing/cifar10"}}}')
-    md = wait_for(lambda: (m := get_json("-n", namespace, "md/cifar10"))["status"].get("phase") == "Degraded"
-                  and m, what="phase Degraded")
+    kubectl(
+        "patch",
+        "-n",
+        namespace,
+        "md",
+        "cifar10",
+        "--type=merge",
+        "-p",
+        '{"spec":{"model":{"version":"2.0","storageUri":"pvc://missing/cifar10"}}}',
+    )
+    md = wait_for(
+        lambda: (m := get_json("-n", namespace, "md/cifar10"))["status"].get("phase") == "Degraded" and m,
+        what="phase Degraded",
+    )
     assert md["status"]["stableVersion"] == "1.0"
     assert condition(md, "Available")["status"] == "True"
     after = get_json("-n", namespace, "deployment", "cifar10-stable")
@@ -136,23 +194,36 @@ def test_a_bad_edit_keeps_the_serving_version(operator, namespace):
 def test_rejected_child_is_reported_not_retried_hot(operator, namespace):
     # Pod fields pass through the ModelDeployment schema as is; the Deployment's validation catches this one.
     apply(namespace, example_model_deployment(serving={"tolerations": [{"key": "gpu", "operator": "Sometimes"}]}))
-    md = wait_for(lambda: (m := get_json("-n", namespace, "md/cifar10")).get("status", {}).get("phase") == "Failed"
-                  and m, what="phase Failed")
+    md = wait_for(
+        lambda: (m := get_json("-n", namespace, "md/cifar10")).get("status", {}).get("phase") == "Failed" and m,
+        what="phase Failed",
+    )
     message = condition(md, "Ready")["message"]
     assert condition(md, "Ready")["reason"] == "Rejected"
     assert "tolerations[0].operator" in message and "Sometimes" in message
     version = md["metadata"]["resourceVersion"]
     time.sleep(5)
     assert get_json("-n", namespace, "md/cifar10")["metadata"]["resourceVersion"] == version, (
-        "the operator keeps rewriting the status of a rejected object")
+        "the operator keeps rewriting the status of a rejected object"
+    )
 
 
 def test_switching_the_service_monitor_off_deletes_it(operator, namespace):
     apply(namespace, example_model_deployment())
     ready(namespace)
-    kubectl("patch", "-n", namespace, "md", "cifar10", "--type=merge",
-            "-p", '{"spec":{"monitoring":{"serviceMonitor":{"enabled":false}}}}')
-    wait_for(lambda: kubectl("get", "-n", namespace, "servicemonitor", "cifar10", check=False).returncode != 0,
-             what="the ServiceMonitor to be deleted")
+    kubectl(
+        "patch",
+        "-n",
+        namespace,
+        "md",
+        "cifar10",
+        "--type=merge",
+        "-p",
+        '{"spec":{"monitoring":{"serviceMonitor":{"enabled":false}}}}',
+    )
+    wait_for(
+        lambda: kubectl("get", "-n", namespace, "servicemonitor", "cifar10", check=False).returncode != 0,
+        what="the ServiceMonitor to be deleted",
+    )
     md = get_json("-n", namespace, "md/cifar10")
     assert condition(md, "ServiceMonitorReady")["reason"] == "Disabled"

@@ -12,7 +12,6 @@ Workarounds for TorchServe 0.12 (model_handlers/README.md lists them all):
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
+
+from canaria import render, spec
 
 from .processes import free_port, start_process_group, stop_process_group
 
@@ -50,32 +51,30 @@ class Ports:
 
 
 def render_config_properties(model_store: Path, model: ModelSettings, ports: Ports) -> str:
-    """The operator's config.properties, key for key, but on loopback and free ports."""
-    models = {
-        model.name: {
-            model.version: {
-                "defaultVersion": True,
-                "marName": f"{model.name}.mar",
-                "minWorkers": model.min_workers,
-                "maxWorkers": model.max_workers,
-                "batchSize": model.batch_size,
-                "maxBatchDelay": model.max_batch_delay_ms,
-                "responseTimeout": model.response_timeout_s,
-            }
+    """The operator's own config.properties (canaria.render), moved to loopback, free ports and a temp store."""
+    md = spec.defaulted(
+        {
+            "metadata": {"name": model.name},
+            "spec": {
+                "model": {"version": model.version, "storageUri": "https://unused.example/m.tar.gz"},
+                "serving": {
+                    "workers": {"min": model.min_workers, "max": model.max_workers},
+                    "batching": {"maxBatchSize": model.batch_size, "maxBatchDelayMs": model.max_batch_delay_ms},
+                    "responseTimeoutSeconds": model.response_timeout_s,
+                },
+            },
         }
+    )
+    local = {
+        "inference_address": f"http://127.0.0.1:{ports.inference}",
+        "management_address": f"http://127.0.0.1:{ports.management}",
+        "metrics_address": f"http://127.0.0.1:{ports.metrics}",
+        "model_store": str(model_store),
     }
-    lines = [
-        f"inference_address=http://127.0.0.1:{ports.inference}",
-        f"management_address=http://127.0.0.1:{ports.management}",
-        f"metrics_address=http://127.0.0.1:{ports.metrics}",
-        "metrics_mode=prometheus",
-        "disable_token_authorization=true",
-        "enable_model_api=true",
-        f"model_store={model_store}",
-        f"load_models={model.name}.mar",
-        f"default_response_timeout={model.response_timeout_s}",
-        f"models={json.dumps(models)}",
-    ]
+    lines = []
+    for line in render.config_properties(md, md["spec"]["model"]).splitlines():
+        key = line.split("=", 1)[0]
+        lines.append(f"{key}={local[key]}" if key in local else line)
     return "\n".join(lines) + "\n"
 
 

@@ -14,10 +14,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import canaria.handlers  # noqa: F401  (registers the operator's Kopf handlers)
 import kopf
 import pytest
 import yaml
+
+import canaria.handlers  # noqa: F401  (registers the operator's Kopf handlers)
 from canaria import kube, render
 
 ROOT = Path(__file__).resolve().parents[2]

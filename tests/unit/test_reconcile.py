@@ -7,7 +7,6 @@ import copy
 from canaria import reconcile, render
 from canaria.reconcile import Observation
 from canaria.render import Settings
-
 from tests.unit.conftest import model_deployment
 
 SETTINGS = Settings()

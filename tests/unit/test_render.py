@@ -25,25 +25,42 @@ def test_config_properties_binds_management_to_loopback_and_sets_security_defaul
 
 
 def test_config_properties_carries_workers_batching_and_timeouts():
-    md = model_deployment(serving={"workers": {"min": 2, "max": 4}, "batching": {"maxBatchSize": 8,
-                                   "maxBatchDelayMs": 20}, "responseTimeoutSeconds": 30})
+    md = model_deployment(
+        serving={
+            "workers": {"min": 2, "max": 4},
+            "batching": {"maxBatchSize": 8, "maxBatchDelayMs": 20},
+            "responseTimeoutSeconds": 30,
+        }
+    )
     models = json.loads(properties(render.config_properties(md, md["spec"]["model"]))["models"])
-    assert models == {"cifar10": {"1.0": {"defaultVersion": True, "marName": "cifar10.mar", "minWorkers": 2,
-                                          "maxWorkers": 4, "batchSize": 8, "maxBatchDelay": 20,
-                                          "responseTimeout": 30}}}
+    assert models == {
+        "cifar10": {
+            "1.0": {
+                "defaultVersion": True,
+                "marName": "cifar10.mar",
+                "minWorkers": 2,
+                "maxWorkers": 4,
+                "batchSize": 8,
+                "maxBatchDelay": 20,
+                "responseTimeout": 30,
+            }
+        }
+    }
 
 
 def test_model_name_defaults_to_object_name_and_can_be_set():
     md = model_deployment(model={"name": "classifier"})
     assert "load_models=classifier.mar" in render.config_properties(md, md["spec"]["model"])
-    assert render.inference_url(md, SETTINGS) == (
-        "http://cifar10.models.svc.cluster.local:8080/predictions/classifier")
+    assert render.inference_url(md, SETTINGS) == ("http://cifar10.models.svc.cluster.local:8080/predictions/classifier")
 
 
 def test_every_child_is_owned_by_the_model_deployment(md):
-    children = [render.config_map(md, STABLE, md["spec"]["model"]),
-                render.deployment(md, STABLE, md["spec"]["model"], 1, SETTINGS),
-                render.service(md), render.service_monitor(md)]
+    children = [
+        render.config_map(md, STABLE, md["spec"]["model"]),
+        render.deployment(md, STABLE, md["spec"]["model"], 1, SETTINGS),
+        render.service(md),
+        render.service_monitor(md),
+    ]
     for child in children:
         (owner,) = child["metadata"]["ownerReferences"]
         assert owner["uid"] == "uid-1" and owner["controller"] is True, child["kind"]
@@ -95,10 +112,16 @@ def test_config_change_rolls_the_pods_through_the_template_hash():
 
 
 def test_packager_gets_the_model_files_and_optimisations():
-    md = model_deployment(model={"sha256": "a" * 64, "requirements": "requirements.txt",
-                                 "optimization": {"quantization": "Int8Dynamic", "torchscript": True}})
+    md = model_deployment(
+        model={
+            "sha256": "a" * 64,
+            "requirements": "requirements.txt",
+            "optimization": {"quantization": "Int8Dynamic", "torchscript": True},
+        }
+    )
     init = render.deployment(md, STABLE, md["spec"]["model"], 1, SETTINGS)["spec"]["template"]["spec"][
-        "initContainers"][0]
+        "initContainers"
+    ][0]
     args = init["args"]
     assert init["image"] == "packager:test"
     assert args[args.index("--source") + 1] == "https://models.example/cifar10.tar.gz"
@@ -113,25 +136,38 @@ def test_pvc_source_is_mounted_read_only_and_passed_as_a_path():
     md = model_deployment(model={"storageUri": "pvc://model-files/cifar10/v1"})
     pod = render.deployment(md, STABLE, md["spec"]["model"], 1, SETTINGS)["spec"]["template"]["spec"]
     assert {"name": "model-source", "persistentVolumeClaim": {"claimName": "model-files", "readOnly": True}} in (
-        pod["volumes"])
+        pod["volumes"]
+    )
     args = pod["initContainers"][0]["args"]
     assert args[args.index("--source") + 1] == "/mnt/models/cifar10/v1"
 
 
 def test_s3_credentials_come_from_the_named_secret():
-    md = model_deployment(model={"storageUri": "s3://bucket/cifar10", "s3": {
-        "endpoint": "http://minio.storage:9000", "credentialsSecret": "s3-creds"}})
-    env = render.deployment(md, STABLE, md["spec"]["model"], 1, SETTINGS)["spec"]["template"]["spec"][
-        "initContainers"][0]["env"]
+    md = model_deployment(
+        model={
+            "storageUri": "s3://bucket/cifar10",
+            "s3": {"endpoint": "http://minio.storage:9000", "credentialsSecret": "s3-creds"},
+        }
+    )
+    env = render.deployment(md, STABLE, md["spec"]["model"], 1, SETTINGS)["spec"]["template"]["spec"]["initContainers"][
+        0
+    ]["env"]
     assert {"name": "AWS_ENDPOINT_URL", "value": "http://minio.storage:9000"} in env
-    assert {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {
-        "name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY"}}} in env
+    assert {
+        "name": "AWS_SECRET_ACCESS_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY"}},
+    } in env
 
 
 def test_user_pod_settings_pass_through():
-    md = model_deployment(serving={"nodeSelector": {"pool": "cpu"}, "serviceAccountName": "reader",
-                                   "tolerations": [{"key": "ml", "operator": "Exists"}],
-                                   "env": [{"name": "OMP_NUM_THREADS", "value": "1"}]})
+    md = model_deployment(
+        serving={
+            "nodeSelector": {"pool": "cpu"},
+            "serviceAccountName": "reader",
+            "tolerations": [{"key": "ml", "operator": "Exists"}],
+            "env": [{"name": "OMP_NUM_THREADS", "value": "1"}],
+        }
+    )
     pod = render.deployment(md, STABLE, md["spec"]["model"], 1, SETTINGS)["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"pool": "cpu"}
     assert pod["serviceAccountName"] == "reader" and pod["automountServiceAccountToken"] is True

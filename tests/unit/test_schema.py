@@ -9,8 +9,10 @@ import yaml
 from canaria import schema, spec
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD_FILES = [ROOT / "crds" / "serving.canaria.dev_modeldeployments.yaml",
-             ROOT / "charts" / "canaria" / "crds" / "serving.canaria.dev_modeldeployments.yaml"]
+CRD_FILES = [
+    ROOT / "crds" / "serving.canaria.dev_modeldeployments.yaml",
+    ROOT / "charts" / "canaria" / "crds" / "serving.canaria.dev_modeldeployments.yaml",
+]
 
 
 def walk(node: schema.Schema, path: str = "spec"):
@@ -30,9 +32,13 @@ def test_crd_files_match_the_schema_module():
 
 
 def test_every_field_has_a_description_for_kubectl_explain():
-    missing = [path for path, node in walk(schema.spec_schema()) if not node.get("description")
-               and node.get("type") in ("object", "array", "string", "integer", "number", "boolean")
-               and not path.endswith("[]")]
+    missing = [
+        path
+        for path, node in walk(schema.spec_schema())
+        if not node.get("description")
+        and node.get("type") in ("object", "array", "string", "integer", "number", "boolean")
+        and not path.endswith("[]")
+    ]
     assert missing == []
 
 
@@ -62,9 +68,15 @@ def test_defaulting_fills_nested_sections_like_the_api_server():
 
 
 def test_defaulting_keeps_what_the_user_set():
-    md = spec.defaulted({"metadata": {"name": "m"}, "spec": {
-        "model": {"version": "1", "storageUri": "s3://b/k"},
-        "serving": {"replicas": 0, "workers": {"min": 2}}}})
+    md = spec.defaulted(
+        {
+            "metadata": {"name": "m"},
+            "spec": {
+                "model": {"version": "1", "storageUri": "s3://b/k"},
+                "serving": {"replicas": 0, "workers": {"min": 2}},
+            },
+        }
+    )
     assert md["spec"]["serving"]["replicas"] == 0
     assert md["spec"]["serving"]["workers"] == {"min": 2, "max": 1}
 

@@ -7,8 +7,14 @@ T0, T1 = "2026-11-28T00:00:00Z", "2026-11-28T00:05:00Z"
 
 
 def facts(**overrides) -> Facts:
-    base = {"generation": 2, "version": "1.0", "wanted_replicas": 2, "ready_replicas": 2,
-            "rollout_complete": True, "url": "http://cifar10.models.svc.cluster.local:8080/predictions/cifar10"}
+    base = {
+        "generation": 2,
+        "version": "1.0",
+        "wanted_replicas": 2,
+        "ready_replicas": 2,
+        "rollout_complete": True,
+        "url": "http://cifar10.models.svc.cluster.local:8080/predictions/cifar10",
+    }
     return Facts(**{**base, **overrides})
 
 
@@ -19,8 +25,14 @@ def conditions(new) -> dict[str, str]:
 def test_ready_when_the_rollout_is_complete_and_nothing_blocks():
     new = status.derive({}, facts(), T0)
     assert new["phase"] == "Serving" and new["stableVersion"] == "1.0" and new["ready"] == "2/2"
-    assert conditions(new) == {"Ready": "True", "Reconciling": "False", "Stalled": "False",
-                               "Available": "True", "ResolvedRefs": "True", "ServiceMonitorReady": "True"}
+    assert conditions(new) == {
+        "Ready": "True",
+        "Reconciling": "False",
+        "Stalled": "False",
+        "Available": "True",
+        "ResolvedRefs": "True",
+        "ServiceMonitorReady": "True",
+    }
     assert new["observedGeneration"] == 2
 
 
@@ -43,8 +55,9 @@ def test_an_unresolved_reference_stalls_and_names_the_field_while_old_pods_serve
 
 
 def test_failed_when_nothing_serves_and_something_blocks():
-    new = status.derive({}, facts(ready_replicas=0, rollout_complete=False,
-                                  failures=[Problem("PackagingFailed", "bad checksum")]), T0)
+    new = status.derive(
+        {}, facts(ready_replicas=0, rollout_complete=False, failures=[Problem("PackagingFailed", "bad checksum")]), T0
+    )
     assert new["phase"] == "Failed" and conditions(new)["Ready"] == "False"
 
 
@@ -78,29 +91,37 @@ def pod(init_state=None, container_state=None, last=None):
     if init_state:
         body["status"]["initContainerStatuses"] = [{"name": "package", "state": init_state}]
     if container_state:
-        body["status"]["containerStatuses"] = [{"name": "torchserve", "state": container_state,
-                                                "lastState": last or {}}]
+        body["status"]["containerStatuses"] = [
+            {"name": "torchserve", "state": container_state, "lastState": last or {}}
+        ]
     return body
 
 
 def test_packaging_failure_surfaces_the_termination_message():
-    failed = pod(init_state={"terminated": {"exitCode": 2, "message": "canaria-package: bad checksum "
-                                            "(check spec.model.sha256)\n"}})
+    failed = pod(
+        init_state={
+            "terminated": {"exitCode": 2, "message": "canaria-package: bad checksum (check spec.model.sha256)\n"}
+        }
+    )
     (problem,) = status.pod_failures([failed])
     assert problem.reason == "PackagingFailed" and problem.message.endswith("(check spec.model.sha256)")
     assert status.pod_failures([pod(init_state={"terminated": {"exitCode": 0}})]) == []
 
 
 def test_crash_loop_is_reported_with_the_last_reason():
-    looping = pod(container_state={"waiting": {"reason": "CrashLoopBackOff"}},
-                  last={"terminated": {"exitCode": 1, "reason": "OOMKilled"}})
+    looping = pod(
+        container_state={"waiting": {"reason": "CrashLoopBackOff"}},
+        last={"terminated": {"exitCode": 1, "reason": "OOMKilled"}},
+    )
     (problem,) = status.pod_failures([looping])
     assert problem.reason == "CrashLoop" and "OOMKilled" in problem.message
 
 
 def test_deployment_complete_needs_current_generation_and_all_ready():
-    dep = {"metadata": {"generation": 4}, "status": {"observedGeneration": 4, "replicas": 2,
-                                                     "updatedReplicas": 2, "readyReplicas": 2}}
+    dep = {
+        "metadata": {"generation": 4},
+        "status": {"observedGeneration": 4, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2},
+    }
     assert status.deployment_complete(dep, 2) == (True, 2)
     assert status.deployment_complete({**dep, "metadata": {"generation": 5}}, 2) == (False, 2)
     surging = {**dep, "status": {**dep["status"], "replicas": 3}}
@@ -112,15 +133,26 @@ def test_image_pull_failure_and_bad_pod_config_stall():
     pulling = pod(container_state={"waiting": {"reason": "ImagePullBackOff", "message": "not found: ts:0.99"}})
     (problem,) = status.pod_failures([pulling])
     assert problem.reason == "ImagePullFailed" and "ts:0.99" in problem.message
-    config = pod(container_state={"waiting": {"reason": "CreateContainerConfigError",
-                                              "message": 'secret "s3" not found'}})
+    config = pod(
+        container_state={"waiting": {"reason": "CreateContainerConfigError", "message": 'secret "s3" not found'}}
+    )
     assert status.pod_failures([config])[0].reason == "InvalidPodConfig"
 
 
 def test_unschedulable_pods_are_explained_while_waiting():
-    waiting = {"metadata": {"name": "p"}, "status": {"conditions": [
-        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-         "message": "0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims"}]}}
+    waiting = {
+        "metadata": {"name": "p"},
+        "status": {
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims",
+                }
+            ]
+        },
+    }
     notes = status.pods_waiting([waiting])
     new = status.derive({}, facts(ready_replicas=0, rollout_complete=False, waiting=notes), T0)
     assert new["phase"] == "Pending" and "unbound immediate PersistentVolumeClaims" in new["message"]

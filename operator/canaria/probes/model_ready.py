@@ -12,8 +12,7 @@ import urllib.request
 
 
 def ready_workers(description: list) -> int:
-    return sum(1 for model in description for worker in model.get("workers", [])
-               if worker.get("status") == "READY")
+    return sum(1 for model in description for worker in model.get("workers", []) if worker.get("status") == "READY")
 
 
 def main(argv: list) -> int:
