@@ -117,6 +117,22 @@ def write_requests() -> int:
     return total
 
 
+def wait_settled(quiet_seconds: float = 15, timeout: float = 900) -> None:
+    """Until every ModelDeployment is Serving and no write has reached the API server for quiet_seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        phases = kubectl("get", "md", "-A", "-o", "jsonpath={.items[*].status.phase}").split()
+        if phases and all(phase == "Serving" for phase in phases):
+            break
+        time.sleep(2)
+    last, quiet_since = write_requests(), time.monotonic()
+    while time.monotonic() - quiet_since < quiet_seconds and time.monotonic() < deadline:
+        time.sleep(1)
+        now = write_requests()
+        if now != last:
+            last, quiet_since = now, time.monotonic()
+
+
 def fresh_namespace(prefix: str) -> str:
     name = f"{prefix}-{uuid.uuid4().hex[:6]}"
     kubectl("create", "namespace", name)
@@ -178,7 +194,7 @@ def main() -> None:
     floor = bench_floor(args.samples)
     latency = bench_latency(args.samples)
     burst = bench_burst(args.objects)
-    time.sleep(20)  # let pods turn Ready and status settle before measuring idleness
+    wait_settled()
     rss = rss_mb(pid)
     before = write_requests()
     time.sleep(args.idle)

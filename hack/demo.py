@@ -3,23 +3,58 @@
 1. install the CRD and start the operator (recorded like the cluster's processes, so `make cluster-down`
    stops it too);
 2. apply examples/cifar10/modeldeployment.yaml and wait for Ready, then show what a user sees;
-3. edit it the way a user would (more replicas, bigger batches) and wait for Ready again.
+3. do the serving pod's work for real on this machine (kwok's pods run no containers): train the example,
+   run the init container's exact command from the live Deployment (`python -m canaria.package`), start
+   TorchServe with the config.properties from the operator's ConfigMap, wait on the pod's own readiness
+   probe, classify a few generated images and read TorchServe's metrics;
+4. edit the ModelDeployment the way a user would (more replicas, bigger batches) and wait for Ready again.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import requests
+from PIL import Image
+
 from devcluster import procs
 from devcluster.layout import Layout, Settings
+from tests.support.torchserve import Ports, start_with_config
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYOUT = Layout.resolve(ROOT, Settings())
-EXAMPLE = ROOT / "examples" / "cifar10" / "modeldeployment.yaml"
+EXAMPLE_DIR = ROOT / "examples" / "cifar10"
+EXAMPLE = EXAMPLE_DIR / "modeldeployment.yaml"
+WORK = LAYOUT.state_dir / "demo"
+PV_DIR = WORK / "pv-models"  # what the PersistentVolumeClaim "models" holds
+MODELS_VOLUME = f"""
+apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: canaria-demo-models}}
+spec:
+  capacity: {{storage: 1Gi}}
+  accessModes: [ReadOnlyMany]
+  storageClassName: ""
+  hostPath: {{path: {PV_DIR}}}
+  claimRef: {{namespace: default, name: models}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: models, namespace: default}}
+spec:
+  accessModes: [ReadOnlyMany]
+  storageClassName: ""
+  volumeName: canaria-demo-models
+  resources: {{requests: {{storage: 1Gi}}}}
+"""
 OPERATOR = procs.RunFiles(LAYOUT.run_dir, "canaria-operator")
 
 
@@ -39,6 +74,11 @@ def kubectl(*args: str, show: bool = True) -> str:
     return result.stdout
 
 
+def apply_text(manifest: str) -> None:
+    command = [str(LAYOUT.binary("kubectl")), "--kubeconfig", str(LAYOUT.kubeconfig), "apply", "-f", "-"]
+    subprocess.run(command, input=manifest, text=True, check=True)
+
+
 def start_operator() -> None:
     if procs.recorded_pid(OPERATOR):
         print("operator already running")
@@ -55,6 +95,90 @@ def wait_ready(name: str) -> None:
     print(f"(Ready after {time.monotonic() - started:.1f}s)")
 
 
+def prepare_model_files() -> None:
+    """The files a user puts on the PVC: the example's code and a freshly trained state_dict."""
+    source = PV_DIR / "cifar10"
+    source.mkdir(parents=True, exist_ok=True)
+    for name in ("model.py", "index_to_name.json", "model-config.yaml"):
+        shutil.copy(EXAMPLE_DIR / name, source / name)
+    if not (source / "cifar10_net.pt").exists():
+        subprocess.run(
+            [sys.executable, str(EXAMPLE_DIR / "train.py"), "--out", str(source / "cifar10_net.pt")], check=True
+        )
+
+
+def local_path(pod_path: str, store: Path, config: Path) -> str:
+    """Where a path of the serving pod lives in this demo."""
+    mapping = {
+        "/mnt/models": str(PV_DIR),
+        "/home/model-server/model-store": str(store),
+        "/etc/canaria/config.properties": str(config),
+        "/dev/termination-log": str(WORK / "termination-log"),
+    }
+    for prefix, local in mapping.items():
+        if pod_path.startswith(prefix):
+            return local + pod_path[len(prefix) :]
+    return pod_path
+
+
+def serve_like_the_pod(ports: Ports) -> None:
+    store, config = WORK / "model-store", WORK / "config.properties"
+    shutil.rmtree(store, ignore_errors=True)
+    store.mkdir(parents=True)
+    data = json.loads(kubectl("get", "configmap", "cifar10-stable-config", "-o", "json", show=False))["data"]
+    local = {
+        "inference_address": f"http://127.0.0.1:{ports.inference}",
+        "management_address": f"http://127.0.0.1:{ports.management}",
+        "metrics_address": f"http://127.0.0.1:{ports.metrics}",
+        "model_store": str(store),
+    }
+    config.write_text(
+        "".join(
+            f"{line.split('=', 1)[0]}={local[line.split('=', 1)[0]]}\n"
+            if line.split("=", 1)[0] in local
+            else line + "\n"
+            for line in data["config.properties"].splitlines()
+        )
+    )
+    pod = json.loads(kubectl("get", "deployment", "cifar10-stable", "-o", "json", show=False))["spec"]["template"]
+    init = pod["spec"]["initContainers"][0]
+    args = [local_path(arg, store, config) for arg in init["args"]]
+    print("$ python -m canaria.package " + " ".join(args), flush=True)
+    started = time.monotonic()
+    subprocess.run([sys.executable, *init["command"][1:], *args], check=True)
+    print(f"(packaged in {time.monotonic() - started:.1f}s)")
+
+    probe = pod["spec"]["containers"][0]["readinessProbe"]["exec"]["command"]  # python3 model_ready.py ...
+    (WORK / "model_ready.py").write_text(data["model_ready.py"])
+    probe_command = [sys.executable, str(WORK / "model_ready.py"), *probe[2:], f"http://127.0.0.1:{ports.management}"]
+    with start_with_config(store / "config.properties", store, ports, WORK / "torchserve") as server:
+        started = time.monotonic()
+        while subprocess.run(probe_command, capture_output=True).returncode != 0:
+            if time.monotonic() - started > 180:
+                sys.exit("demo: the model did not become ready within 3 minutes:\n" + server.log_tail())
+            time.sleep(0.5)
+        print(f"readiness probe passed after {time.monotonic() - started:.1f}s: {' '.join(probe[:2])} ...")
+        classify_generated_images(server.inference_url)
+        metrics = requests.get(f"{server.metrics_url}/metrics", timeout=10).text
+        for line in metrics.splitlines():
+            if line.startswith(("ts_inference_requests_total", "ts_inference_latency_microseconds")):
+                print("  " + line)
+
+
+def classify_generated_images(url: str) -> None:
+    sys.path.insert(0, str(EXAMPLE_DIR))
+    import train  # the example's generator of labelled images
+
+    labels = json.loads((EXAMPLE_DIR / "index_to_name.json").read_text())
+    images = train.synthetic_images(np.arange(4), np.random.default_rng(7))
+    for index, image in enumerate(images):
+        png = io.BytesIO()
+        Image.fromarray(image).save(png, format="PNG")
+        answer = requests.post(f"{url}/predictions/cifar10", data=png.getvalue(), timeout=30).json()
+        top = ", ".join(f"{label} {probability:.3f}" for label, probability in answer.items())
+        print(f"  a generated {labels[str(index)]!r} image -> {top}")
+
+
 def main() -> None:
     step("Installing the ModelDeployment CRD")
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
@@ -62,6 +186,10 @@ def main() -> None:
 
     step("Starting the operator")
     start_operator()
+
+    step('Training the example and putting its files on the PVC "models"')
+    prepare_model_files()
+    apply_text(MODELS_VOLUME)
 
     step("Applying the CIFAR-10 example")
     kubectl("apply", "-f", str(EXAMPLE))
@@ -72,14 +200,17 @@ def main() -> None:
         "get", "md", "cifar10", "-o", 'jsonpath={range .status.conditions[*]}{.type}={.status} ({.reason}){"\\n"}{end}'
     )
 
-    step("Editing it like a user: 2 replicas, batches of 8")
+    step("The serving pod's work, for real: package with the init container's command, serve with TorchServe")
+    serve_like_the_pod(Ports())
+
+    step("Editing it like a user: 2 replicas, batches of up to 16")
     kubectl(
         "patch",
         "md",
         "cifar10",
         "--type=merge",
         "-p",
-        '{"spec":{"serving":{"replicas":2,"batching":{"maxBatchSize":8}}}}',
+        '{"spec":{"serving":{"replicas":2,"batching":{"maxBatchSize":16}}}}',
     )
     time.sleep(1)  # let the operator see the new generation before waiting
     wait_ready("cifar10")

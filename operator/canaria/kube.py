@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 from urllib.parse import urlencode
 
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 FIELD_MANAGER = "canaria"
 RETRY_DELAY_SECONDS = 10
+DISCOVERY_TTL_SECONDS = 30
 
 # (apiVersion, kind) -> plural, for every kind the operator reads or writes. All are namespaced.
 PLURALS = {
@@ -58,6 +60,7 @@ def object_path(obj: Object) -> str:
 class Kube:
     def __init__(self, api_client: client.ApiClient | None = None) -> None:
         self.api = api_client or new_api_client()
+        self._discovery: dict[tuple[str, str], tuple[bool, float]] = {}
 
     def request(
         self,
@@ -100,10 +103,16 @@ class Kube:
         return items
 
     def serves(self, api_version: str, kind: str) -> bool:
-        """Whether the cluster serves this kind (e.g. the ServiceMonitor CRD is installed)."""
+        """Whether the cluster serves this kind (e.g. the ServiceMonitor CRD is installed), cached briefly:
+        every pass asks, and a CRD installed later is seen within DISCOVERY_TTL_SECONDS."""
+        cached = self._discovery.get((api_version, kind))
+        if cached and time.monotonic() - cached[1] < DISCOVERY_TTL_SECONDS:
+            return cached[0]
         prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
         discovery = self.request("GET", prefix)
-        return any(r.get("kind") == kind for r in (discovery or {}).get("resources", []))
+        served = any(r.get("kind") == kind for r in (discovery or {}).get("resources", []))
+        self._discovery[(api_version, kind)] = (served, time.monotonic())
+        return served
 
     # -- writes --
 

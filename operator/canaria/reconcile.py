@@ -181,6 +181,7 @@ def observe(kube: Kube, md: Object) -> Observation:
 # -- one pass -----------------------------------------------------------------------------------------------
 
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+_pending: set[tuple[str, str]] = set()
 
 
 def utc_now() -> str:
@@ -188,12 +189,24 @@ def utc_now() -> str:
 
 
 def reconcile(kube: Kube, namespace: str, name: str, settings: Settings) -> Object | None:
-    """Bring one ModelDeployment's children and status in line with its spec. Returns the new status."""
-    try:
-        with _locks[(namespace, name)]:  # child events and spec changes may arrive at once
-            return _reconcile(kube, namespace, name, settings)
-    except NamespaceTerminating:
-        return None  # the namespace controller is deleting the object and its children
+    """Bring one ModelDeployment's children and status in line with its spec. Returns the new status.
+
+    Requests for an object that is being reconciled coalesce: a burst of child events costs one more pass,
+    not one pass each (the pass in progress runs once more when a request came in meanwhile)."""
+    key = (namespace, name)
+    _pending.add(key)
+    result = None
+    while key in _pending:
+        if not _locks[key].acquire(blocking=False):
+            return None  # the pass in progress sees the pending mark and runs again
+        try:
+            _pending.discard(key)
+            result = _reconcile(kube, namespace, name, settings)
+        except NamespaceTerminating:
+            return None  # the namespace controller is deleting the object and its children
+        finally:
+            _locks[key].release()
+    return result
 
 
 def apply_children(

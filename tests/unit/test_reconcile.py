@@ -76,3 +76,25 @@ def test_facts_treat_a_deployment_changed_this_pass_as_not_rolled_out(md):
     assert reconcile.facts_of(md, observation, [], [], SETTINGS).rollout_complete is True
     applied = [{"kind": "Deployment"}]
     assert reconcile.facts_of(md, observation, applied, [], SETTINGS).rollout_complete is False
+
+
+def test_requests_during_a_pass_coalesce_into_one_more_pass(monkeypatch):
+    import threading
+
+    started, release, passes = threading.Event(), threading.Event(), []
+
+    def slow_pass(kube, namespace, name, settings):
+        passes.append(name)
+        started.set()
+        release.wait(5)
+        return {}
+
+    monkeypatch.setattr(reconcile, "_reconcile", slow_pass)
+    first = threading.Thread(target=reconcile.reconcile, args=(None, "ns", "m", SETTINGS))
+    first.start()
+    started.wait(5)
+    for _ in range(10):  # a burst of child events while the first pass runs
+        assert reconcile.reconcile(None, "ns", "m", SETTINGS) is None
+    release.set()
+    first.join(5)
+    assert passes == ["m", "m"]
