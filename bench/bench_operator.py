@@ -61,7 +61,9 @@ def model_deployment(name: str) -> dict:
                 "serializedFile": "m.pt",
                 "modelFile": "model.py",
                 "handler": "image_classifier",
-            }
+            },
+            # Small requests, so that hundreds of pods fit the fake node.
+            "serving": {"resources": {"requests": {"cpu": "10m", "memory": "64Mi"}}},
         },
     }
 
