@@ -28,7 +28,7 @@ from .api import ApiClient, probe, wait_until
 from .layout import BINARIES, COMPONENTS, PORT_NAMES, Layout, Settings
 
 NODE_NAME = "kwok-node-0"
-NODE_CAPACITY = {"cpu": "256", "memory": "2Ti", "pods": "1000"}  # room for the 200-object benchmark
+NODE_CAPACITY = {"cpu": "256", "memory": "2Ti", "pods": "500"}  # room for the 200-object benchmark
 CRD_ESTABLISHED_TIMEOUT_S = 60
 
 log = logging.getLogger("devcluster")

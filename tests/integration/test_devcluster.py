@@ -88,7 +88,7 @@ def test_node_is_ready_untainted_and_sized(cluster: Cluster) -> None:
     assert ready == "True"
     assert node["metadata"]["labels"]["type"] == "kwok"
     assert not node["spec"].get("taints")
-    assert node["status"]["allocatable"] == {"cpu": "256", "memory": "2Ti", "pods": "1000"}
+    assert node["status"]["allocatable"] == {"cpu": "256", "memory": "2Ti", "pods": "500"}
     table = cluster.kubectl("get", "nodes").stdout
     assert NODE_NAME in table and " Ready " in table
 
