@@ -1,0 +1,57 @@
+"""Property tests of the status logic: invariants that must hold for any facts, in any order."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from canaria import status
+from canaria.status import Facts, Problem
+
+problems = st.lists(
+    st.builds(Problem, st.sampled_from(["PVCNotFound", "PackagingFailed", "CrashLoop"]), st.text(max_size=20)),
+    max_size=2,
+)
+facts = st.builds(
+    Facts,
+    generation=st.integers(1, 50),
+    version=st.sampled_from(["1.0", "2.0"]),
+    wanted_replicas=st.integers(0, 5),
+    ready_replicas=st.integers(0, 5),
+    rollout_complete=st.booleans(),
+    unresolved=problems,
+    failures=problems,
+)
+times = st.sampled_from(["2026-11-28T00:00:00Z", "2026-11-28T00:01:00Z", "2026-11-28T00:02:00Z"])
+
+
+def value(new: dict, type_: str) -> str:
+    return status.condition(new, type_)["status"]
+
+
+@given(st.lists(st.tuples(facts, times), min_size=1, max_size=6))
+def test_kstatus_conditions_are_consistent_for_any_history(history):
+    current: dict = {}
+    for fact, now in history:
+        current = status.derive(current, fact, now)
+        ready, stalled, reconciling = (value(current, t) for t in ("Ready", "Stalled", "Reconciling"))
+        assert [ready, stalled, reconciling].count("True") == 1  # exactly one of the three holds
+        assert (current["phase"] == "Serving") == (ready == "True")
+        assert (stalled == "True") == bool(fact.unresolved or fact.failures)
+        assert current["observedGeneration"] == fact.generation
+        assert len({c["type"] for c in current["conditions"]}) == len(current["conditions"])
+
+
+@given(facts, times, times)
+def test_deriving_twice_from_the_same_facts_changes_nothing(fact, first, later):
+    once = status.derive({}, fact, first)
+    assert status.derive(once, fact, later) == once  # so the operator writes no status
+
+
+@given(facts, facts, times, times)
+def test_stable_version_only_moves_to_a_version_that_became_ready(before, after, first, later):
+    old = status.derive({}, before, first)
+    new = status.derive(old, after, later)
+    assert new["stableVersion"] in (old["stableVersion"], after.version)
+    if new["stableVersion"] != old["stableVersion"]:
+        assert value(new, "Ready") == "True"
