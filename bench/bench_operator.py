@@ -163,6 +163,16 @@ def bench_burst(objects: int) -> float:
     return time.monotonic() - started
 
 
+def bench_burst_floor(objects: int) -> float:
+    """The same children for `objects` ModelDeployments, applied at once by kubectl: the floor of the burst."""
+    namespace = fresh_namespace("burst-floor")
+    docs = "---\n".join(yaml.safe_dump(c) for i in range(objects) for c in rendered_children(namespace, f"b{i}"))
+    started = time.monotonic()
+    kubectl("apply", "--server-side", "--field-manager=floor", "-n", namespace, "-f", "-", stdin=docs)
+    wait_children(namespace, 4 * objects)
+    return time.monotonic() - started
+
+
 def bench_latency(samples: int) -> list[float]:
     namespace = fresh_namespace("latency")
     timings = []
@@ -195,6 +205,7 @@ def main() -> None:
     pid = operator_pid()
     floor = bench_floor(args.samples)
     latency = bench_latency(args.samples)
+    burst_floor = bench_burst_floor(args.objects)
     burst = bench_burst(args.objects)
     wait_settled()
     rss = rss_mb(pid)
@@ -216,6 +227,8 @@ def main() -> None:
         "machine": f"{os.cpu_count()} cores, {cpu}",
         "burst_objects": args.objects,
         "burst_seconds": round(burst, 2),
+        "burst_floor_seconds": round(burst_floor, 2),
+        "burst_ratio": round(burst / burst_floor, 2),
         "latency_p50": round(p50, 3),
         "latency_p99": round(p99, 3),
         "floor_p50": round(f50, 3),

@@ -1,6 +1,6 @@
 """Packaging a 500 MB state_dict against copying the file; and what optimisation does to the example.
 
-    python bench/bench_packaging.py [--megabytes 500] [--runs 5] [--out bench/RESULTS-packaging.md]
+    python bench/bench_packaging.py [--megabytes 500] [--runs 5] [--out FILE]  (results are kept in docs/benchmarks.md)
 
 Every timing is the median of --runs alternating runs (copy, package, copy, package, ...), each into a
 fresh destination on the same filesystem, with the source in the page cache for both. Packaging runs as

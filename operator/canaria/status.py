@@ -170,7 +170,10 @@ def derive(old: Object, facts: Facts, now: str) -> Object:
     blocking = unresolved + facts.failures
     ready = not blocking and facts.rollout_complete
     if ready:
-        reason, message = "Serving", f"version {facts.version} serves with {facts.ready_replicas} ready pods"
+        reason, message = (
+            "Serving",
+            f"version {facts.version} serves: {facts.ready_replicas} of {facts.wanted_replicas} pods ready",
+        )
     elif blocking:
         reason, message = blocking[0].reason, "; ".join(p.message for p in blocking)
     else:
