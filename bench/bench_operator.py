@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT / "operator"))
 
 from canaria import reconcile, render, spec  # noqa: E402
 from devcluster.layout import Layout, Settings  # noqa: E402
+from tests.support.manifests import example_model_deployment  # noqa: E402
 
 LAYOUT = Layout.resolve(ROOT, Settings())
 KUBECTL = [str(LAYOUT.binary("kubectl")), "--kubeconfig", str(LAYOUT.kubeconfig)]
@@ -50,22 +51,8 @@ def kubectl(*args: str, stdin: str | None = None) -> str:
 
 
 def model_deployment(name: str) -> dict:
-    return {
-        "apiVersion": "serving.canaria.dev/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {
-                "version": "1.0",
-                "storageUri": "https://models.example/m.tar.gz",
-                "serializedFile": "m.pt",
-                "modelFile": "model.py",
-                "handler": "image_classifier",
-            },
-            # Small requests, so that hundreds of pods fit the fake node.
-            "serving": {"resources": {"requests": {"cpu": "10m", "memory": "64Mi"}}},
-        },
-    }
+    # Small requests, so that hundreds of pods fit the fake node.
+    return example_model_deployment(name, serving={"resources": {"requests": {"cpu": "10m", "memory": "64Mi"}}})
 
 
 def children_count(namespace: str) -> int:

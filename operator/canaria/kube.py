@@ -8,7 +8,6 @@ rejections of what we sent to `Rejected` (the user's input is wrong; reconcile r
 from __future__ import annotations
 
 import json
-import logging
 import time
 from typing import Any
 from urllib.parse import urlencode
@@ -19,8 +18,6 @@ from kubernetes.client.exceptions import ApiException
 
 from canaria import schema
 from canaria.spec import Object
-
-log = logging.getLogger(__name__)
 
 FIELD_MANAGER = "canaria"
 RETRY_DELAY_SECONDS = 10

@@ -20,7 +20,6 @@ OWNER_LABEL = f"{schema.GROUP}/model-deployment"
 TRACK_LABEL = f"{schema.GROUP}/track"
 VERSION_LABEL = f"{schema.GROUP}/version"
 CONFIG_HASH_ANNOTATION = f"{schema.GROUP}/config-hash"
-FIELD_MANAGER = "canaria"
 
 INFERENCE_PORT, MANAGEMENT_PORT, METRICS_PORT = 8080, 8081, 8082
 MODEL_STORE = "/home/model-server/model-store"

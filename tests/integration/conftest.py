@@ -65,9 +65,9 @@ class Operator:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("wb")
         env = {**os.environ, "CANARIA_PACKAGER_IMAGE": "canaria-packager:test"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "canaria", "run"], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
-        )
+        # Only this suite's namespaces: another operator (the demo's, a benchmark's) may share the cluster.
+        command = [sys.executable, "-m", "canaria", "run", "--namespace", "t-*"]
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -102,25 +102,9 @@ def namespace(cluster: Any) -> Iterator[str]:
     kubectl("delete", "namespace", name, "--wait=false")
 
 
-def example_model_deployment(name: str = "cifar10", **spec: Any) -> dict[str, Any]:
-    body = {
-        "apiVersion": "serving.canaria.dev/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {
-                "version": "1.0",
-                "storageUri": "https://models.example/cifar10.tar.gz",
-                "serializedFile": "cifar10.pt",
-                "modelFile": "model.py",
-                "handler": "image_classifier",
-                "extraFiles": ["index_to_name.json"],
-            }
-        },
-    }
-    for section, values in spec.items():
-        body["spec"].setdefault(section, {}).update(values)
-    return body
+def patch_md(namespace: str, spec: dict[str, Any], name: str = "cifar10") -> None:
+    """`kubectl patch --type=merge` of a ModelDeployment's spec, as a user would edit it."""
+    kubectl("patch", "-n", namespace, "md", name, "--type=merge", "-p", json.dumps({"spec": spec}))
 
 
 def apply(namespace: str, body: dict[str, Any]) -> None:

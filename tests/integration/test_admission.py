@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.conftest import example_model_deployment, kubectl
+from tests.integration.conftest import kubectl
+from tests.support.manifests import example_model_deployment
 
 pytestmark = pytest.mark.cluster
 CORPUS = yaml.safe_load((Path(__file__).parent / "invalid_corpus.yaml").read_text())

@@ -27,7 +27,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.conftest import apply, example_model_deployment, get_json, kubectl, wait_for
+from tests.integration.conftest import apply, get_json, kubectl, wait_for
+from tests.support.manifests import example_model_deployment
 
 pytestmark = pytest.mark.cluster
 

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from tests.integration.conftest import apply, condition, example_model_deployment, get_json, kubectl, wait_for
+from tests.integration.conftest import apply, condition, get_json, kubectl, patch_md, wait_for
+from tests.support.manifests import example_model_deployment
 
 pytestmark = pytest.mark.cluster
 
@@ -50,16 +51,7 @@ def test_serving_edit_updates_in_place(operator, namespace):
     apply(namespace, example_model_deployment())
     ready(namespace)
     uid = get_json("-n", namespace, "deployment", "cifar10-stable")["metadata"]["uid"]
-    kubectl(
-        "patch",
-        "-n",
-        namespace,
-        "md",
-        "cifar10",
-        "--type=merge",
-        "-p",
-        '{"spec":{"serving":{"replicas":2,"batching":{"maxBatchSize":4}}}}',
-    )
+    patch_md(namespace, {"serving": {"replicas": 2, "batching": {"maxBatchSize": 4}}})
     md = wait_for(
         lambda: (
             (m := get_json("-n", namespace, "md/cifar10"))["status"].get("ready") == "2/2"
@@ -170,16 +162,7 @@ def test_a_bad_edit_keeps_the_serving_version(operator, namespace):
     apply(namespace, example_model_deployment())
     ready(namespace)
     before = get_json("-n", namespace, "deployment", "cifar10-stable")
-    kubectl(
-        "patch",
-        "-n",
-        namespace,
-        "md",
-        "cifar10",
-        "--type=merge",
-        "-p",
-        '{"spec":{"model":{"version":"2.0","storageUri":"pvc://missing/cifar10"}}}',
-    )
+    patch_md(namespace, {"model": {"version": "2.0", "storageUri": "pvc://missing/cifar10"}})
     md = wait_for(
         lambda: (m := get_json("-n", namespace, "md/cifar10"))["status"].get("phase") == "Degraded" and m,
         what="phase Degraded",
@@ -212,16 +195,7 @@ def test_rejected_child_is_reported_not_retried_hot(operator, namespace):
 def test_switching_the_service_monitor_off_deletes_it(operator, namespace):
     apply(namespace, example_model_deployment())
     ready(namespace)
-    kubectl(
-        "patch",
-        "-n",
-        namespace,
-        "md",
-        "cifar10",
-        "--type=merge",
-        "-p",
-        '{"spec":{"monitoring":{"serviceMonitor":{"enabled":false}}}}',
-    )
+    patch_md(namespace, {"monitoring": {"serviceMonitor": {"enabled": False}}})
     wait_for(
         lambda: kubectl("get", "-n", namespace, "servicemonitor", "cifar10", check=False).returncode != 0,
         what="the ServiceMonitor to be deleted",
