@@ -11,11 +11,12 @@ import kopf
 
 from canaria import render, schema, spec
 from canaria.kube import Kube
-from canaria.reconcile import MD_API_VERSION, reconcile
+from canaria.reconcile import reconcile
 from canaria.render import Settings
 
-RESYNC_SECONDS = 300  # reads only; picks up what no watch reports (e.g. a CRD installed later)
+RESYNC_SECONDS = 300  # reads only; picks up what no watch reports (e.g. a Secret created later)
 CHILD_FILTER = {render.MANAGED_BY: "canaria"}
+SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
 
 
 @kopf.on.startup()
@@ -60,10 +61,28 @@ def child_changed(namespace: str | None, labels: Mapping[str, str], memo: Any, *
         reconcile(memo.kube, str(namespace), owner, memo.settings)
 
 
-@kopf.on.event("v1", "persistentvolumeclaims")
-def claim_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+@kopf.index(schema.GROUP, schema.VERSION, schema.PLURAL)
+def model_deployments(namespace: str | None, name: str, body: Mapping[str, Any], **_: Any) -> dict[Any, str]:
+    """Every ModelDeployment, keyed by (namespace, the PVC it reads from, or None)."""
+    source = spec.pvc_source(body.get("spec", {}).get("model", {"storageUri": ""}))
+    return {(namespace, source[0] if source else None): name}
+
+
+# Kopf passes indexes (model_deployments) as extra keywords, which its handler protocols do not declare.
+@kopf.on.event("v1", "persistentvolumeclaims")  # type: ignore[arg-type]
+def claim_changed(namespace: str | None, name: str, memo: Any, model_deployments: kopf.Index, **_: Any) -> None:
     """A model's PVC appeared or went away: the ModelDeployments that read from it learn at once."""
-    for md in memo.kube.list(MD_API_VERSION, schema.KIND, str(namespace), {}):
-        source = spec.pvc_source(md.get("spec", {}).get("model", {"storageUri": ""}))
-        if source and source[0] == name:
-            reconcile(memo.kube, str(namespace), md["metadata"]["name"], memo.settings)
+    for reader in model_deployments.get((namespace, name), []):
+        reconcile(memo.kube, str(namespace), reader, memo.settings)
+
+
+@kopf.on.event(  # type: ignore[arg-type]
+    "apiextensions.k8s.io", "v1", "customresourcedefinitions", when=lambda name, **_: name == SERVICE_MONITOR_CRD
+)
+def service_monitor_crd_changed(memo: Any, model_deployments: kopf.Index, **_: Any) -> None:
+    """The Prometheus Operator was installed (or removed): every ModelDeployment gets (or loses) its
+    ServiceMonitor now, not at the next resync."""
+    memo.kube.forget_discovery()
+    for (namespace, _claim), names in model_deployments.items():
+        for name in names:
+            reconcile(memo.kube, str(namespace), name, memo.settings)

@@ -111,6 +111,9 @@ class Kube:
         self._discovery[(api_version, kind)] = (served, time.monotonic())
         return served
 
+    def forget_discovery(self) -> None:
+        self._discovery.clear()
+
     # -- writes --
 
     def apply(self, obj: Object) -> Object:

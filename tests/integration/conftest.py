@@ -25,8 +25,13 @@ def kubectl_binary() -> str:
     return str(local) if local.exists() else "kubectl"
 
 
-def kubectl(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([kubectl_binary(), *args], input=input, capture_output=True, text=True, timeout=120)
+def kubectl(
+    *args: str, input: str | None = None, check: bool = True, kubeconfig: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    config = ["--kubeconfig", str(kubeconfig)] if kubeconfig else []
+    result = subprocess.run(
+        [kubectl_binary(), *config, *args], input=input, capture_output=True, text=True, timeout=120
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
     return result
@@ -57,14 +62,17 @@ def crd_installed(cluster: Any) -> None:
 class Operator:
     """`python -m canaria run` in a subprocess, logging to .devcluster/logs/operator-test.log."""
 
-    def __init__(self) -> None:
+    def __init__(self, kubeconfig: Path | None = None, log_name: str = "operator-test.log") -> None:
         self.process: subprocess.Popen[bytes] | None = None
-        self.log_path = LOGS / "operator-test.log"
+        self.kubeconfig = kubeconfig  # default: $KUBECONFIG (the session cluster)
+        self.log_path = LOGS / log_name
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("wb")
         env = {**os.environ, "CANARIA_PACKAGER_IMAGE": "canaria-packager:test"}
+        if self.kubeconfig:
+            env["KUBECONFIG"] = str(self.kubeconfig)
         # Only this suite's namespaces: another operator (the demo's, a benchmark's) may share the cluster.
         command = [sys.executable, "-m", "canaria", "run", "--namespace", "t-*"]
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)

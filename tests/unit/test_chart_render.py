@@ -369,7 +369,8 @@ def assert_operator_can_work(namespaced_rules: list[Rule], cluster_rules: list[R
     watched = kopf_watched_resources()
     assert ("serving.canaria.dev", "modeldeployments") in watched
     for group, plural in watched:  # Kopf lists and watches every resource a handler is registered for
-        assert {"list", "watch"} <= grants(namespaced_rules, group, plural), f"Kopf cannot watch {group}/{plural}"
+        rules = cluster_rules if (group, plural) in CLUSTER_SCOPED else namespaced_rules
+        assert {"list", "watch"} <= grants(rules, group, plural), f"Kopf cannot watch {group}/{plural}"
     for group, resource in CHILDREN:  # watched for drift, written by server-side apply, deleted
         assert grants(namespaced_rules, group, resource) == {"get", "list", "watch", "create", "patch", "delete"}
     assert grants(namespaced_rules, "", "pods") == {"get", "list", "watch"}
