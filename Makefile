@@ -23,7 +23,6 @@ tools: ## Build (or reuse) the pinned control-plane binaries, kubectl and helm
 
 cluster: venv tools ## Start the local control plane (idempotent); writes .devcluster/kubeconfig
 	$(PY) -m devcluster up
-	@echo "export KUBECONFIG=$(KUBECONFIG)"
 
 cluster-down: ## Stop every process `make cluster` started and remove its state
 	@if [ -x $(PY) ]; then $(PY) -m devcluster down; else echo "no environment: nothing to stop"; fi
