@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export KUBECONFIG := $(CURDIR)/.devcluster/kubeconfig
 export PATH := $(CURDIR)/.devcluster/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help venv tools cluster cluster-down demo test test-unit lint operator crds chart-test clean
+.PHONY: help deps venv tools cluster cluster-down demo test test-unit lint operator crds chart-test clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -18,6 +18,9 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed ## Python environment with the operator, TorchServe and the dev tools
 
+deps: ## System packages: Java 17 (TorchServe) and prometheus (full-loop tests)
+	@bash hack/install-deps.sh
+
 tools: ## Build (or reuse) the pinned control-plane binaries, kubectl and helm
 	bash devcluster/build.sh
 
@@ -27,7 +30,7 @@ cluster: venv tools ## Start the local control plane (idempotent); writes .devcl
 cluster-down: ## Stop every process `make cluster` started and remove its state
 	@if [ -x $(PY) ]; then $(PY) -m devcluster down; else echo "no environment: nothing to stop"; fi
 
-demo: cluster ## The main job on the local cluster: CRD, operator, the CIFAR-10 example
+demo: deps cluster ## The main job on the local cluster: CRD, operator, the CIFAR-10 example
 	PYTHONPATH=$(CURDIR) $(PY) hack/demo.py
 
 operator: venv ## Run the operator in the foreground against $$KUBECONFIG
@@ -49,7 +52,7 @@ test-unit: venv tools ## Pure tests only (no cluster, no TorchServe)
 chart-test: venv tools ## The Helm chart: lint, render, install on the local cluster
 	$(PY) -m pytest tests/unit/test_chart_render.py tests/integration/test_chart.py
 
-test: venv tools lint ## Every test tier: unit, control plane, TorchServe data plane
+test: deps venv tools lint ## Every test tier: unit, control plane, TorchServe data plane
 	$(PY) -m pytest
 
 clean: cluster-down
