@@ -54,35 +54,21 @@ def helm(*args: str, values: dict[str, Any] | None = None, tmp: Path | None = No
     return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
 
 
+def helm_template(tmp_path: Path, values: dict[str, Any], *extra: str) -> subprocess.CompletedProcess[str]:
+    return helm(
+        "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION, *extra,
+        values=values, tmp=tmp_path,
+    )  # fmt: skip
+
+
 def template(tmp_path: Path, values: dict[str, Any] | None = None, *extra: str) -> list[Object]:
-    result = helm(
-        "template",
-        RELEASE,
-        str(CHART),
-        "--namespace",
-        NAMESPACE,
-        "--kube-version",
-        KUBE_VERSION,
-        *extra,
-        values=values or {},
-        tmp=tmp_path,
-    )
+    result = helm_template(tmp_path, values or {}, *extra)
     assert result.returncode == 0, f"helm template failed:\n{result.stderr}"
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
 def template_error(tmp_path: Path, values: dict[str, Any]) -> str:
-    result = helm(
-        "template",
-        RELEASE,
-        str(CHART),
-        "--namespace",
-        NAMESPACE,
-        "--kube-version",
-        KUBE_VERSION,
-        values=values,
-        tmp=tmp_path,
-    )
+    result = helm_template(tmp_path, values)
     assert result.returncode != 0, f"helm template accepted {values}:\n{result.stdout[:2000]}"
     return result.stderr
 
