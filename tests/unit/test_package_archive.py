@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -11,9 +10,17 @@ import sys
 import zipfile
 from pathlib import Path
 
+import blake3
 import pytest
 
-from tests.support.packaging import archive_files, package_args, run_packager_in_process, write_model_source
+import canaria.package.archive
+from tests.support.packaging import (
+    archive_files,
+    package_args,
+    recomputed_digest,
+    run_packager_in_process,
+    write_model_source,
+)
 
 FORMATS = ["directory", "zip"]
 
@@ -39,7 +46,8 @@ def test_same_inputs_give_identical_archives_and_one_digest(tmp_path: Path, arch
     assert archive_files(first) == archive_files(second)
     if archive_format == "zip":
         assert first.read_bytes() == second.read_bytes()
-    assert (tmp_path / "store1" / "m.sha256").read_text() == (tmp_path / "store2" / "m.sha256").read_text()
+    assert (tmp_path / "store1" / "m.digest").read_text() == (tmp_path / "store2" / "m.digest").read_text()
+    assert (tmp_path / "store1" / "m.digest").read_text() == f"{recomputed_digest(first)}  m.mar\n"
 
 
 @pytest.mark.parametrize("archive_format", FORMATS)
@@ -47,7 +55,7 @@ def test_changed_weights_change_the_digest(tmp_path: Path, archive_format: str) 
     flags = ("--archive-format", archive_format)
     package(tmp_path, write_model_source(tmp_path / "a"), "store1", *flags)
     package(tmp_path, write_model_source(tmp_path / "b", weights=b"other weights"), "store2", *flags)
-    assert (tmp_path / "store1" / "m.sha256").read_text() != (tmp_path / "store2" / "m.sha256").read_text()
+    assert (tmp_path / "store1" / "m.digest").read_text() != (tmp_path / "store2" / "m.digest").read_text()
 
 
 def test_zip_archive_has_torchserve_layout_stored_entries_and_fixed_times(tmp_path: Path) -> None:
@@ -62,7 +70,7 @@ def test_zip_archive_has_torchserve_layout_stored_entries_and_fixed_times(tmp_pa
     assert_manifest(json.loads(archive_files(archive)["MAR-INF/MANIFEST.json"]))
 
 
-def test_directory_archive_is_the_same_files_with_a_digest_sha256sum_can_recompute(tmp_path: Path) -> None:
+def test_directory_archive_is_the_same_files_with_the_documented_digest(tmp_path: Path) -> None:
     source = write_model_source(tmp_path / "src")
     archive = package(tmp_path, source, "store")
     assert archive.is_dir()
@@ -72,11 +80,16 @@ def test_directory_archive_is_the_same_files_with_a_digest_sha256sum_can_recompu
     assert (source / "weights.pt").stat().st_nlink == 1, "a user's file is copied, never linked"
     assert {(archive / name).stat().st_mtime for name in files} == {315532800}
     assert_manifest(json.loads(files["MAR-INF/MANIFEST.json"]))
+    # The one-liner from the module docstring, run as a user would paste it into a shell.
+    doc = canaria.package.archive.__doc__ or ""
+    lines = doc[doc.index("    python -c") :].splitlines()[:3]
+    command = "\n".join(line.strip() for line in lines).replace("python -c", f"{sys.executable} -c", 1)
     recomputed = subprocess.run(
-        "find . -type f -printf '%P\\n' | LC_ALL=C sort | xargs -d '\\n' sha256sum | sha256sum",
-        shell=True, cwd=archive, capture_output=True, text=True, check=True,
-    ).stdout.split()[0]  # fmt: skip
-    assert (tmp_path / "store" / "m.sha256").read_text() == f"{recomputed}  m.mar\n"
+        command.replace("<name>.mar", "m.mar"),
+        shell=True, executable="/bin/bash", cwd=archive.parent, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert recomputed.startswith("blake3:") and recomputed == recomputed_digest(archive)
+    assert (tmp_path / "store" / "m.digest").read_text() == f"{recomputed}  m.mar\n"
 
 
 def test_a_big_file_is_copied_and_hashed_correctly(tmp_path: Path) -> None:
@@ -84,9 +97,11 @@ def test_a_big_file_is_copied_and_hashed_correctly(tmp_path: Path) -> None:
     archive = package(tmp_path, write_model_source(tmp_path / "src", weights=weights), "store")
     assert (archive / "weights.pt").read_bytes() == weights
     listing = "".join(
-        f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, data in sorted(archive_files(archive).items())
+        f"{blake3.blake3(data).hexdigest()}  {name}\n" for name, data in sorted(archive_files(archive).items())
     )
-    assert (tmp_path / "store" / "m.sha256").read_text().split()[0] == hashlib.sha256(listing.encode()).hexdigest()
+    assert listing.count("\n") == len(EXPECTED_NAMES)
+    expected = "blake3:" + blake3.blake3(listing.encode()).hexdigest()
+    assert (tmp_path / "store" / "m.digest").read_text().split()[0] == expected
 
 
 def test_repackaging_replaces_the_archive_in_either_layout(tmp_path: Path) -> None:
@@ -95,7 +110,7 @@ def test_repackaging_replaces_the_archive_in_either_layout(tmp_path: Path) -> No
     archive = package(tmp_path, source, "store")
     assert archive.is_dir()
     assert package(tmp_path, source, "store", "--archive-format", "zip").is_file()
-    assert sorted(path.name for path in (tmp_path / "store").iterdir()) == ["m.mar", "m.sha256"]
+    assert sorted(path.name for path in (tmp_path / "store").iterdir()) == ["m.digest", "m.mar"]
 
 
 EXPECTED_NAMES = {
@@ -122,13 +137,14 @@ def test_summary_digest_file_and_config_copy(tmp_path: Path) -> None:
     store = tmp_path / "store"
     args = package_args(source, store, "--config", str(config), "--archive-format", "zip")
     run = run_packager_in_process(args, tmp_path / "log")
-    digest = hashlib.sha256((store / "m.mar").read_bytes()).hexdigest()
-    assert run.summary["sha256"] == digest
+    digest = "blake3:" + blake3.blake3((store / "m.mar").read_bytes()).hexdigest()
+    assert run.summary["digest"] == digest
+    assert "sha256" not in run.summary
     assert run.summary["bytes"] == (store / "m.mar").stat().st_size
     assert run.summary["archive"] == str(store / "m.mar")
-    assert (store / "m.sha256").read_text() == f"{digest}  m.mar\n"
+    assert (store / "m.digest").read_text() == f"{digest}  m.mar\n"
     assert (store / "config.properties").read_text() == "metrics_mode=prometheus\n"
-    assert sorted(path.name for path in store.iterdir()) == ["config.properties", "m.mar", "m.sha256"]
+    assert sorted(path.name for path in store.iterdir()) == ["config.properties", "m.digest", "m.mar"]
     assert run.stderr == ""
 
 
@@ -162,7 +178,7 @@ def test_prebuilt_archive_is_installed_byte_for_byte(tmp_path: Path) -> None:
     args = ["--name", "m", "--version", "1.0", "--source", str(built), "--model-store", str(store)]
     run = run_packager_in_process(args, tmp_path / "log")
     assert (store / "m.mar").read_bytes() == built.read_bytes()
-    assert run.summary["sha256"] == hashlib.sha256(built.read_bytes()).hexdigest()
+    assert run.summary["digest"] == "blake3:" + blake3.blake3(built.read_bytes()).hexdigest()
 
 
 def test_packaging_does_not_import_torch(tmp_path: Path) -> None:
@@ -185,5 +201,5 @@ def test_prebuilt_directory_archive_is_installed_file_for_file(tmp_path: Path) -
     args = ["--name", "m", "--version", "1.0", "--source", str(built), "--model-store", str(store)]
     run = run_packager_in_process(args, tmp_path / "log")
     assert archive_files(store / "m.mar") == archive_files(built)
-    assert (store / "m.sha256").read_text() == (tmp_path / "first" / "m.sha256").read_text()
-    assert run.summary["sha256"] == (store / "m.sha256").read_text().split()[0]
+    assert (store / "m.digest").read_text() == (tmp_path / "first" / "m.digest").read_text()
+    assert run.summary["digest"] == (store / "m.digest").read_text().split()[0] == recomputed_digest(store / "m.mar")

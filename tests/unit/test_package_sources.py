@@ -19,6 +19,7 @@ from tests.support.packaging import (
     PackagerRun,
     archive_files,
     package_args,
+    recomputed_digest,
     run_packager_in_process,
     write_model_source,
 )
@@ -35,7 +36,7 @@ def archive_names(run: PackagerRun) -> set[str]:
 def reference_digest(tmp_path: Path, source: Path) -> str:
     """The digest of the archive built from the same files on local disk."""
     run = run_packager_in_process(package_args(source, tmp_path / "reference"), tmp_path / "reference.log")
-    digest: str = run.summary["sha256"]
+    digest: str = run.summary["digest"]
     return digest
 
 
@@ -59,7 +60,7 @@ def test_http_bundle_is_unpacked_and_gives_the_same_archive_as_the_files(tmp_pat
         args = package_args(f"{base_url}/cifar10.tar.gz", tmp_path / "store", "--sha256", digest)
         run = run_packager_in_process(args, tmp_path / "log")
     assert EXPECTED_FILES | {"weights.pt", "model.py"} <= archive_names(run)
-    assert run.summary["sha256"] == reference_digest(tmp_path, source)
+    assert run.summary["digest"] == reference_digest(tmp_path, source)
 
 
 def test_http_single_file_is_the_serialized_file(tmp_path: Path, source: Path) -> None:
@@ -74,9 +75,27 @@ def test_http_prebuilt_archive_with_checksum(tmp_path: Path, source: Path) -> No
     zipped = package_args(source, tmp_path / "www", "--archive-format", "zip")
     built = run_packager_in_process(zipped, tmp_path / "built.log").summary
     with serving_directory(tmp_path / "www") as base_url:
-        args = ["--name", "m", "--version", "1.0", "--source", f"{base_url}/m.mar", "--sha256", built["sha256"]]
+        checksum = hashlib.sha256((tmp_path / "www" / "m.mar").read_bytes()).hexdigest()
+        args = ["--name", "m", "--version", "1.0", "--source", f"{base_url}/m.mar", "--sha256", checksum]
         run = run_packager_in_process([*args, "--model-store", str(tmp_path / "store")], tmp_path / "log")
-    assert run.summary["sha256"] == built["sha256"]
+    assert run.summary["digest"] == built["digest"] == recomputed_digest(tmp_path / "store" / "m.mar")
+    assert (tmp_path / "store" / "m.mar").read_bytes() == (tmp_path / "www" / "m.mar").read_bytes()
+
+
+@pytest.mark.parametrize("archive_format", ["directory", "zip"])
+def test_http_single_file_with_checksum_gets_the_archive_digest(
+    tmp_path: Path, source: Path, archive_format: str
+) -> None:
+    """The download's BLAKE3 comes from the sha256 check's pass; the archive digest must still be right."""
+    checksum = hashlib.sha256((source / "weights.pt").read_bytes()).hexdigest()
+    with serving_directory(source) as base_url:
+        args = ["--name", "m", "--version", "1.0", "--source", f"{base_url}/weights.pt", "--sha256", checksum]
+        args += ["--handler", "json_tensor", "--archive-format", archive_format]
+        run = run_packager_in_process([*args, "--model-store", str(tmp_path / "store")], tmp_path / "log")
+    archive = tmp_path / "store" / "m.mar"
+    assert archive_files(archive)["weights.pt"] == (source / "weights.pt").read_bytes()
+    assert run.summary["digest"] == recomputed_digest(archive)
+    assert (tmp_path / "store" / "m.digest").read_text() == f"{recomputed_digest(archive)}  m.mar\n"
 
 
 def test_file_uri_and_zip_bundle(tmp_path: Path, source: Path) -> None:
@@ -85,7 +104,7 @@ def test_file_uri_and_zip_bundle(tmp_path: Path, source: Path) -> None:
         for path in source.iterdir():
             archive.write(path, path.name)
     run = run_packager_in_process(package_args(f"file://{bundle}", tmp_path / "store"), tmp_path / "log")
-    assert run.summary["sha256"] == reference_digest(tmp_path, source)
+    assert run.summary["digest"] == reference_digest(tmp_path, source)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +125,7 @@ def test_s3_prefix_is_downloaded_with_its_layout(tmp_path: Path, source: Path, s
     s3_env.upload_directory("models", "cifar10/v1", source)
     s3_env.upload_directory("models", "cifar10/v10", write_model_source(tmp_path / "other", weights=b"v10"))
     run = run_packager_in_process(package_args("s3://models/cifar10/v1", tmp_path / "store"), tmp_path / "log")
-    assert run.summary["sha256"] == reference_digest(tmp_path, source), "only v1/, not v10/"
+    assert run.summary["digest"] == reference_digest(tmp_path, source), "only v1/, not v10/"
 
 
 def test_s3_single_object(tmp_path: Path, source: Path, s3_env: S3Server) -> None:

@@ -3,7 +3,8 @@
 Two layouts, both named `<name>.mar` in the model store and both loaded by TorchServe:
 - directory (the default): torch-model-archiver's "no-archive" layout. TorchServe serves it in place,
   whereas it unzips a .mar file into its temp dir at every start (a second copy of the weights on the
-  node's disk, and time). Packaging is one kernel copy per file, hashed while it copies.
+  node's disk, and time). Packaging is one kernel copy per file, hashed while it copies (or a hard
+  link, for our own downloads).
 - zip: one file, entries STORED (weights barely compress; deflating 500 MB costs ~100x a copy), for
   users who want a portable .mar.
 
@@ -11,14 +12,18 @@ torch-model-archiver supplies the manifest; the files are written here because t
 not reproducible (it stamps the creation time into the manifest, keeps mtimes, walks the directory in
 filesystem order) and copies every file twice (into a temp dir, then into the archive).
 
-The digest of a zip is the sha256 of the file. The digest of a directory is the sha256 of its `sha256sum`
-listing, sorted by path, so that anyone can recompute it:
-    (cd <name>.mar && find . -type f -printf '%P\\n' | LC_ALL=C sort | xargs -d '\\n' sha256sum) | sha256sum
+The digest is BLAKE3, written `blake3:<hex>` (see `digests.py`). For a zip it is the BLAKE3 of the file.
+For a directory it is the BLAKE3 of a listing with one line per file, `<blake3 hex of the file>  <path>\\n`
+(path relative to the directory, '/'-separated), sorted by path as bytes; that is `b3sum`'s output, so
+    (cd <name>.mar && find . -type f -printf '%P\\n' | LC_ALL=C sort | xargs -d '\\n' b3sum) | b3sum
+prints the hex. Without `b3sum`, with the `blake3` package (`pip install blake3`):
+    python -c 'import blake3,pathlib,sys; d=pathlib.Path(sys.argv[1]); h=lambda b: blake3.blake3(b).hexdigest(); \\
+      names=sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file()); \\
+      print("blake3:"+h("".join(f"{h(d.joinpath(n).read_bytes())}  {n}\\n" for n in names).encode()))' <name>.mar
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
@@ -29,8 +34,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from .digests import blake3_of, blake3_of_bytes, labelled
 from .errors import PackagingError, SpecField
-from .sources import CHUNK_BYTES, sha256_of
+from .sources import CHUNK_BYTES
 
 MANIFEST_NAME = "MAR-INF/MANIFEST.json"
 # The zip format's epoch; any fixed instant would do, this one is what reproducible builds use.
@@ -54,6 +60,8 @@ class Entry:
 
     name: str
     source: Path | bytes
+    # The source file's BLAKE3 hex when it is already known (hashed while checking the user's sha256).
+    known_blake3: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,7 +80,7 @@ class ModelSpec:
 @dataclass(frozen=True)
 class ArchiveDigest:
     path: Path
-    sha256: str
+    digest: str  # blake3:<hex>
     size: int
 
 
@@ -142,7 +150,7 @@ def write_entries(
     except OSError as error:
         remove_path(partial)
         raise PackagingError(f"archive {destination}", f"cannot write ({error})", SpecField.MODEL_STORE) from error
-    return ArchiveDigest(path=destination, sha256=digest, size=size)
+    return ArchiveDigest(path=destination, digest=labelled(digest), size=size)
 
 
 def directory_entries(directory: Path) -> list[Entry]:
@@ -175,7 +183,7 @@ def _write_zip(entries: list[Entry], target: Path) -> tuple[str, int]:
     with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as archive:
         for entry in entries:
             _add_to_zip(archive, entry)
-    return sha256_of(target), target.stat().st_size
+    return blake3_of(target), target.stat().st_size
 
 
 def _add_to_zip(archive: zipfile.ZipFile, entry: Entry) -> None:
@@ -201,31 +209,32 @@ def _write_directory(entries: list[Entry], target: Path, scratch: Path | None) -
         path.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(entry.source, bytes):
             path.write_bytes(entry.source)
-            digest = hashlib.sha256(entry.source).hexdigest()
+            digest = blake3_of_bytes(entry.source)
         else:
-            digest = _place_and_hash(entry.source, path, scratch)
+            digest = place_and_hash(entry.source, path, scratch, entry.known_blake3)
         path.chmod(0o644)
         os.utime(path, (FIXED_MTIME, FIXED_MTIME))
         listing.append(f"{digest}  {entry.name}\n")
         total += path.stat().st_size
-    return hashlib.sha256("".join(listing).encode()).hexdigest(), total
+    return blake3_of_bytes("".join(listing).encode()), total
 
 
-def _place_and_hash(source: Path, target: Path, scratch: Path | None) -> str:
-    """Put `source` at `target` (a hard link for our own scratch files, else a kernel copy) and hash it.
+def place_and_hash(source: Path, target: Path, scratch: Path | None, known_blake3: str | None = None) -> str:
+    """Put `source` at `target` (a hard link for our own scratch files, else a kernel copy); its BLAKE3 hex.
 
     A big file is hashed on this thread while another runs the copy: both release the GIL, so on two
-    cores packaging takes about as long as the slower of the two rather than their sum.
+    cores packaging takes about as long as the slower of the two (the copy) rather than their sum. The
+    hash then stays on one core, leaving the other to the copy. A `known_blake3` is not recomputed.
     """
     if scratch is not None and source.resolve().is_relative_to(scratch.resolve()):
         try:
             os.link(source, target)
-            return sha256_of(source)
+            return known_blake3 or blake3_of(source)
         except OSError:
             pass  # another filesystem, or links refused: copy instead
-    if source.stat().st_size < CONCURRENT_HASH_BYTES:
+    if known_blake3 is not None or source.stat().st_size < CONCURRENT_HASH_BYTES:
         shutil.copyfile(source, target)
-        return sha256_of(source)
+        return known_blake3 or blake3_of(source)
     failure: list[BaseException] = []
 
     def copy() -> None:
@@ -237,7 +246,7 @@ def _place_and_hash(source: Path, target: Path, scratch: Path | None) -> str:
     copier = threading.Thread(target=copy, name="canaria-copy")
     copier.start()
     try:
-        digest = sha256_of(source)
+        digest = blake3_of(source, all_cores=False)
     finally:
         copier.join()
     if failure:

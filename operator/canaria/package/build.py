@@ -1,4 +1,8 @@
-"""Turn a ModelDeployment's model into `<model-store>/<name>.mar`, its digest, and TorchServe's config."""
+"""Turn a ModelDeployment's model into `<model-store>/<name>.mar`, its digest, and TorchServe's config.
+
+The digest (`blake3:<hex>`, see `archive.py` for how to recompute it) is printed in the summary line and
+written to `<model-store>/<name>.digest` as `blake3:<hex>  <name>.mar`.
+"""
 
 from __future__ import annotations
 
@@ -19,15 +23,17 @@ from .archive import (
     ModelSpec,
     check_model_name,
     directory_entries,
+    place_and_hash,
     remove_path,
     write_archive,
     write_entries,
 )
+from .digests import labelled
 from .errors import PackagingError, SpecField
 from .handlers import resolve_handler
 from .optimize import Optimization, optimize
 from .paths import extra_file_entries, resolve_in_source
-from .sources import FetchedModel, fetch, sha256_of
+from .sources import FetchedModel, fetch
 
 # TorchServe's per-model config; packed when it sits at the root of the model's source.
 MODEL_CONFIG_NAME = "model-config.yaml"
@@ -56,12 +62,12 @@ class PackageRequest:
 @dataclass(frozen=True)
 class PackageResult:
     archive: Path
-    sha256: str
+    digest: str  # blake3:<hex>
     size: int
     optimization: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
-        summary: dict[str, Any] = {"archive": str(self.archive), "sha256": self.sha256, "bytes": self.size}
+        summary: dict[str, Any] = {"archive": str(self.archive), "digest": self.digest, "bytes": self.size}
         if self.optimization is not None:
             summary["optimization"] = self.optimization
         return summary
@@ -76,15 +82,15 @@ def package(request: PackageRequest) -> PackageResult:
         fetched = fetch(request.source, staging, request.sha256)
         destination = request.model_store / f"{request.name}.mar"
         if fetched.prebuilt_archive is not None:
-            digest, report = _install_prebuilt(request, fetched.prebuilt_archive, destination), None
+            digest, report = _install_prebuilt(request, fetched, destination, staging), None
         else:
             digest, report = _build(request, fetched, staging, destination)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    _write_digest_file(digest, request.model_store / f"{request.name}.sha256")
+    _write_digest_file(digest, request.model_store / f"{request.name}.digest")
     if request.config is not None:
         _install_config(request.config, request.model_store / CONFIG_PROPERTIES_NAME)
-    return PackageResult(digest.path, digest.sha256, digest.size, report)
+    return PackageResult(digest.path, digest.digest, digest.size, report)
 
 
 def _build(
@@ -105,7 +111,11 @@ def _build(
         serialized, report = optimize(request.optimization, serialized, model_file, _input_shape(model_config), staging)
         model_file = None  # the TorchScript file carries the model's code
 
-    files = [Entry(path.name, path) for path in (serialized, model_file, requirements, model_config) if path]
+    files = [
+        Entry(path.name, path, fetched.single_file_blake3 if path == fetched.single_file else None)
+        for path in (serialized, model_file, requirements, model_config)
+        if path
+    ]
     spec = ModelSpec(
         name=request.name,
         version=request.version,
@@ -139,8 +149,12 @@ def _input_shape(model_config: Path | None) -> list[int] | None:
     return None
 
 
-def _install_prebuilt(request: PackageRequest, archive: Path, destination: Path) -> ArchiveDigest:
+def _install_prebuilt(
+    request: PackageRequest, fetched: FetchedModel, destination: Path, staging: Path
+) -> ArchiveDigest:
     """A prebuilt .mar is served as it is, once its manifest matches the ModelDeployment."""
+    archive = fetched.prebuilt_archive
+    assert archive is not None
     if request.optimization.requested:
         raise PackagingError(
             f"source {request.source}",
@@ -159,13 +173,14 @@ def _install_prebuilt(request: PackageRequest, archive: Path, destination: Path)
         return write_entries(directory_entries(archive), destination, ArchiveFormat.DIRECTORY)
     partial = destination.with_name(f".{destination.name}.partial")
     try:
-        shutil.copyfile(archive, partial)
+        remove_path(partial)
+        digest = place_and_hash(archive, partial, staging, fetched.single_file_blake3)
         remove_path(destination)
         os.replace(partial, destination)
     except OSError as error:
         partial.unlink(missing_ok=True)
         raise PackagingError(f"archive {destination}", f"cannot write ({error})", SpecField.MODEL_STORE) from error
-    return ArchiveDigest(destination, sha256_of(destination), destination.stat().st_size)
+    return ArchiveDigest(destination, labelled(digest), destination.stat().st_size)
 
 
 def _prebuilt_manifest(source: str, archive: Path) -> dict[str, Any]:
@@ -190,8 +205,8 @@ def _ensure_model_store(model_store: Path) -> None:
 
 
 def _write_digest_file(digest: ArchiveDigest, path: Path) -> None:
-    # sha256sum's format, so `sha256sum -c <name>.sha256` checks the archive in place.
-    path.write_text(f"{digest.sha256}  {digest.path.name}\n")
+    # b3sum's format with the algorithm in front: for a zip, `sed 's/^blake3://' <name>.digest | b3sum -c`.
+    path.write_text(f"{digest.digest}  {digest.path.name}\n")
 
 
 def _install_config(config: Path, destination: Path) -> None:

@@ -1,6 +1,7 @@
 """`python -m canaria.package`: the serving pod's init container, also usable by hand.
 
-On success it prints one JSON line on stdout: {"archive": ..., "sha256": ..., "bytes": ..., "seconds": ...}.
+On success it prints one JSON line on stdout: {"archive": ..., "digest": "blake3:...", "bytes": ...,
+"seconds": ...}; the same digest is in `<model-store>/<name>.digest`.
 On failure it exits non-zero and writes one line, to stderr and to the termination log, naming the
 ModelDeployment field to fix; the operator copies that line into the ModelDeployment's status.
 """
@@ -43,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", required=True, help="model name (the archive is <name>.mar)")
     parser.add_argument("--version", required=True, help="model version written into the manifest")
     parser.add_argument("--source", required=True, help="http(s)://..., s3://bucket/prefix, a path, or a .mar")
-    parser.add_argument("--sha256", help="expected digest of a single-file source or a .mar")
+    parser.add_argument(
+        "--sha256", help="expected sha256 of a single-file source or a .mar (checked; the archive's digest is BLAKE3)"
+    )
     parser.add_argument("--serialized-file", help="weights (state_dict or TorchScript), relative to the source")
     parser.add_argument("--model-file", help="Python file defining the model class, relative to the source")
     parser.add_argument(

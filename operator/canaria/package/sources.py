@@ -7,20 +7,18 @@ or every object under the prefix), a local or PVC path (file or directory, read 
 
 from __future__ import annotations
 
-import hashlib
-import mmap
-import os
 import shutil
 import tarfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
+from .digests import sha256_and_blake3_of, sha256_of
 from .errors import PackagingError, SpecField
 
 if TYPE_CHECKING:
@@ -43,6 +41,8 @@ class FetchedModel:
 
     root: Path
     single_file: Path | None = None
+    # BLAKE3 of `single_file`, when it was hashed anyway (alongside the sha256 check): not hashed again.
+    single_file_blake3: str | None = None
 
     @property
     def prebuilt_archive(self) -> Path | None:
@@ -70,20 +70,10 @@ def fetch(source: str, staging: Path, sha256: str | None = None) -> FetchedModel
             SpecField.STORAGE_URI,
         )
     if sha256:
-        _verify_sha256(source, fetched, sha256)
+        fetched = _verify_sha256(source, fetched, sha256)
     if fetched.single_file is not None and fetched.single_file.name.endswith(BUNDLE_SUFFIXES):
         return FetchedModel(root=_unpack(source, fetched.single_file, staging / "unpacked"))
     return fetched
-
-
-def sha256_of(path: Path) -> str:
-    """sha256 of a file read through mmap: no copy into Python buffers, and the GIL is released while
-    hashing, so another thread can copy meanwhile."""
-    with path.open("rb") as stream:
-        if os.fstat(stream.fileno()).st_size == 0:
-            return hashlib.sha256(b"").hexdigest()
-        with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            return hashlib.sha256(mapped).hexdigest()
 
 
 # --- local and PVC paths -------------------------------------------------------------------------------
@@ -253,14 +243,19 @@ def _describe_s3_client_error(error: Any) -> str:
 # --- checks and bundles --------------------------------------------------------------------------------
 
 
-def _verify_sha256(source: str, fetched: FetchedModel, expected: str) -> None:
+def _verify_sha256(source: str, fetched: FetchedModel, expected: str) -> FetchedModel:
+    """Check the user's sha256; a file that goes into the archive as it is gets its BLAKE3 in the same pass."""
     if fetched.single_file is None:
         raise PackagingError(f"source {source}", "a sha256 was given but the source is a directory", SpecField.SHA256)
-    actual = sha256_of(fetched.single_file)
+    if fetched.single_file.name.endswith(BUNDLE_SUFFIXES):  # unpacked: its own BLAKE3 would serve nothing
+        actual, blake3 = sha256_of(fetched.single_file), None
+    else:
+        actual, blake3 = sha256_and_blake3_of(fetched.single_file)
     if actual != expected.strip().lower():
         raise PackagingError(
             f"source {source}", f"sha256 mismatch: expected {expected}, got {actual}", SpecField.SHA256
         )
+    return replace(fetched, single_file_blake3=blake3)
 
 
 def _unpack(source: str, bundle: Path, destination: Path) -> Path:
