@@ -90,7 +90,11 @@ def start_operator() -> None:
 
 
 def wait_ready(name: str) -> None:
+    """Ready for the current spec: first the operator must have seen this generation (kstatus's rule),
+    else a Ready condition left from before an edit would count."""
     started = time.monotonic()
+    generation = kubectl("get", f"md/{name}", "-o", "jsonpath={.metadata.generation}", show=False)
+    kubectl("wait", f"--for=jsonpath={{.status.observedGeneration}}={generation}", "--timeout=60s", f"md/{name}")
     kubectl("wait", "--for=condition=Ready", "--timeout=120s", f"md/{name}")
     print(f"(Ready after {time.monotonic() - started:.1f}s)")
 
@@ -212,7 +216,6 @@ def main() -> None:
         "-p",
         '{"spec":{"serving":{"replicas":2,"batching":{"maxBatchSize":16}}}}',
     )
-    time.sleep(1)  # let the operator see the new generation before waiting
     wait_ready("cifar10")
     kubectl("get", "md", "cifar10")
     kubectl("get", "events", "--field-selector", "involvedObject.name=cifar10", "--sort-by=.lastTimestamp")
