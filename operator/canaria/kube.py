@@ -44,9 +44,12 @@ class NamespaceTerminating(Exception):
     """The namespace is being deleted: nothing may be created in it, and nothing needs to be."""
 
 
+def api_prefix(api_version: str) -> str:
+    return "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+
+
 def collection_path(api_version: str, kind: str, namespace: str) -> str:
-    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
-    return f"{prefix}/namespaces/{namespace}/{PLURALS[(api_version, kind)]}"
+    return f"{api_prefix(api_version)}/namespaces/{namespace}/{PLURALS[(api_version, kind)]}"
 
 
 def object_path(obj: Object) -> str:
@@ -105,8 +108,7 @@ class Kube:
         cached = self._discovery.get((api_version, kind))
         if cached and time.monotonic() - cached[1] < DISCOVERY_TTL_SECONDS:
             return cached[0]
-        prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
-        discovery = self.request("GET", prefix)
+        discovery = self.request("GET", api_prefix(api_version))
         served = any(r.get("kind") == kind for r in (discovery or {}).get("resources", []))
         self._discovery[(api_version, kind)] = (served, time.monotonic())
         return served
