@@ -27,7 +27,7 @@ from PIL import Image
 
 from devcluster import procs
 from devcluster.layout import Layout, Settings
-from tests.support.torchserve import Ports, start_with_config
+from tests.support.torchserve import Ports, on_loopback, start_with_config
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYOUT = Layout.resolve(ROOT, Settings())
@@ -130,20 +130,7 @@ def serve_like_the_pod(ports: Ports) -> None:
     shutil.rmtree(store, ignore_errors=True)
     store.mkdir(parents=True)
     data = json.loads(kubectl("get", "configmap", "cifar10-stable-config", "-o", "json", show=False))["data"]
-    local = {
-        "inference_address": f"http://127.0.0.1:{ports.inference}",
-        "management_address": f"http://127.0.0.1:{ports.management}",
-        "metrics_address": f"http://127.0.0.1:{ports.metrics}",
-        "model_store": str(store),
-    }
-    config.write_text(
-        "".join(
-            f"{line.split('=', 1)[0]}={local[line.split('=', 1)[0]]}\n"
-            if line.split("=", 1)[0] in local
-            else line + "\n"
-            for line in data["config.properties"].splitlines()
-        )
-    )
+    config.write_text(on_loopback(data["config.properties"], ports, store))
     pod = json.loads(kubectl("get", "deployment", "cifar10-stable", "-o", "json", show=False))["spec"]["template"]
     init = pod["spec"]["initContainers"][0]
     args = [local_path(arg, store, config) for arg in init["args"]]

@@ -65,6 +65,11 @@ def render_config_properties(model_store: Path, model: ModelSettings, ports: Por
             },
         }
     )
+    return on_loopback(render.config_properties(md, md["spec"]["model"]), ports, model_store)
+
+
+def on_loopback(config_properties: str, ports: Ports, model_store: Path) -> str:
+    """A pod's config.properties moved to this machine: loopback addresses, free ports, a local store."""
     local = {
         "inference_address": f"http://127.0.0.1:{ports.inference}",
         "management_address": f"http://127.0.0.1:{ports.management}",
@@ -72,7 +77,7 @@ def render_config_properties(model_store: Path, model: ModelSettings, ports: Por
         "model_store": str(model_store),
     }
     lines = []
-    for line in render.config_properties(md, md["spec"]["model"]).splitlines():
+    for line in config_properties.splitlines():
         key = line.split("=", 1)[0]
         lines.append(f"{key}={local[key]}" if key in local else line)
     return "\n".join(lines) + "\n"
