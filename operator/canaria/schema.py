@@ -25,7 +25,9 @@ MODEL_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"
 # A relative path whose segments are neither empty, "." nor "..": it cannot leave the model's source.
 RELATIVE_PATH_PATTERN = r"^([^/.][^/]*|\.[^/.][^/]*)(/([^/.][^/]*|\.[^/.][^/]*))*$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
-BUILTIN_HANDLERS = ("image_classifier", "json_tensor")  # files in model_handlers/ (a test checks)
+# The one list of Canaria's built-in handlers: the CRD validates spec.model.handler against it and the packager
+# packs model_handlers/<name>.py for each (a test checks that the files and this list agree).
+BUILTIN_HANDLERS = ("image_classifier", "json_tensor")
 
 Schema = dict[str, Any]
 
@@ -194,7 +196,7 @@ def model_schema() -> Schema:
                 pattern=RELATIVE_PATH_PATTERN,
             ),
             "handler": string(
-                "TorchServe handler: a Canaria built-in (image_classifier, json_tensor) or a "
+                f"TorchServe handler: a Canaria built-in ({', '.join(BUILTIN_HANDLERS)}) or a "
                 ".py file inside the source.",
                 maxLength=253,
             ),

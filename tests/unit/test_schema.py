@@ -81,9 +81,17 @@ def test_defaulting_keeps_what_the_user_set():
     assert md["spec"]["serving"]["workers"] == {"min": 2, "max": 1}
 
 
-def test_builtin_handler_names_are_files_in_model_handlers():
+def test_the_builtin_handlers_are_exactly_the_handler_files_the_packager_packs(tmp_path):
+    from canaria.package.handlers import SHARED_HANDLER_MODULES, resolve_handler
+
+    shipped = {path.stem for path in (ROOT / "model_handlers").glob("*.py")} - {"__init__"}
+    shipped -= {Path(module).stem for module in SHARED_HANDLER_MODULES}
+    assert set(schema.BUILTIN_HANDLERS) == shipped
     for name in schema.BUILTIN_HANDLERS:
-        assert (ROOT / "model_handlers" / f"{name}.py").is_file(), name
+        manifest_handler, entries = resolve_handler(name, tmp_path)
+        assert manifest_handler == f"{name}.py"
+        assert all(Path(entry.source).is_file() for entry in entries), name
+    assert ", ".join(schema.BUILTIN_HANDLERS) in schema.model_schema()["properties"]["handler"]["description"]
 
 
 def test_pvc_source_is_split_into_claim_and_path():

@@ -18,10 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from canaria.schema import BUILTIN_HANDLERS
+
 from .archive import ArchiveFormat
 from .build import PackageRequest, package
 from .errors import PackagingError
-from .handlers import BUILTIN_HANDLERS
 from .optimize import QUANTIZE_CHOICES, Optimization
 
 KUBERNETES_TERMINATION_LOG = Path("/dev/termination-log")

@@ -1,7 +1,8 @@
 """Resolve `--handler` to the handler file(s) that go into the archive.
 
-A built-in name (see BUILTIN_HANDLERS) means a handler shipped in the `model_handlers` package; TorchServe
-imports the handler from the unpacked archive, so the shared module those handlers import is packed too.
+A built-in name (`canaria.schema.BUILTIN_HANDLERS`, the list the CRD validates against) means the file
+`<name>.py` of the `model_handlers` package; TorchServe imports the handler from the unpacked archive, so the
+shared module those handlers import is packed too.
 Anything else must be a `.py` file in the model's source, optionally with `:function` as TorchServe allows.
 """
 
@@ -9,14 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from canaria.schema import BUILTIN_HANDLERS
+
 from .archive import Entry
 from .errors import PackagingError, SpecField
 from .paths import resolve_in_source
 
-BUILTIN_HANDLERS = {
-    "image_classifier": "image_classifier.py",
-    "json_tensor": "json_tensor.py",
-}
 # Imported by every built-in handler; shipped beside it in the archive.
 SHARED_HANDLER_MODULES = ("canaria_base.py",)
 
@@ -33,8 +32,8 @@ def resolve_handler(handler: str, root: Path) -> tuple[str, list[Entry]]:
     suffix = f"{separator}{function}" if function else ""
     if module in BUILTIN_HANDLERS:
         directory = builtin_handlers_dir()
-        names = (BUILTIN_HANDLERS[module], *SHARED_HANDLER_MODULES)
-        return BUILTIN_HANDLERS[module] + suffix, [Entry(name, directory / name) for name in names]
+        names = (f"{module}.py", *SHARED_HANDLER_MODULES)
+        return names[0] + suffix, [Entry(name, directory / name) for name in names]
     if module.endswith(".py"):
         path = resolve_in_source(root, module, SpecField.HANDLER)
         return path.name + suffix, [Entry(path.name, path)]
