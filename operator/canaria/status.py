@@ -10,7 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from canaria import schema
 from canaria.spec import Object
+
+STATUS_SCHEMA = schema.status_schema()
+TRUNCATION_MARK = " [...]"
 
 
 def set_condition(
@@ -219,7 +223,27 @@ def derive(old: Object, facts: Facts, now: str) -> Object:
     for key in ("modelDigest", "rollout"):
         if key in old:
             new[key] = old[key]
-    return new
+    return fitted(new, STATUS_SCHEMA)
+
+
+def truncated(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters, marked as cut. The API server counts characters (runes), as
+    `len` does, and rejects the whole status write when one string is too long."""
+    if len(text) <= limit:
+        return text
+    return (text[: max(0, limit - len(TRUNCATION_MARK))] + TRUNCATION_MARK)[:limit]
+
+
+def fitted(value: Any, node: schema.Schema) -> Any:
+    """`value` with every string cut to the maxLength its schema node declares."""
+    if isinstance(value, str) and "maxLength" in node:
+        return truncated(value, node["maxLength"])
+    if isinstance(value, dict):
+        properties = node.get("properties", {})
+        return {key: fitted(item, properties.get(key, {})) for key, item in value.items()}
+    if isinstance(value, list):
+        return [fitted(item, node.get("items", {})) for item in value]
+    return value
 
 
 def transition_event(old: Object, new: Object) -> tuple[str, str, str] | None:

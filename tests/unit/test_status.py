@@ -156,3 +156,18 @@ def test_unschedulable_pods_are_explained_while_waiting():
     notes = status.pods_waiting([waiting])
     new = status.derive({}, facts(ready_replicas=0, rollout_complete=False, waiting=notes), T0)
     assert new["phase"] == "Pending" and "unbound immediate PersistentVolumeClaims" in new["message"]
+
+
+def test_a_long_list_of_problems_is_cut_to_the_schema_limits():
+    many = [Problem("PackagingFailed", f"pod p{i}: " + "x" * 1000) for i in range(40)]
+    new = status.derive({}, facts(ready_replicas=0, rollout_complete=False, failures=many), T0)
+    assert len(new["message"]) == 4096 and new["message"].endswith(status.TRUNCATION_MARK)
+    assert new["message"].startswith("pod p0: xxx")
+    ready = status.condition(new, "Ready")["message"]
+    assert len(ready) == 32768 and ready.endswith(status.TRUNCATION_MARK)
+    assert status.derive(new, facts(ready_replicas=0, rollout_complete=False, failures=many), T1) == new
+
+
+def test_truncation_counts_characters_not_bytes():
+    assert status.truncated("é" * 10, 10) == "é" * 10
+    assert status.truncated("🦜" * 11, 10) == "🦜" * 4 + status.TRUNCATION_MARK

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from canaria import status
+from canaria import schema, status
 from canaria.status import Facts, Problem
 
 problems = st.lists(
@@ -55,3 +55,37 @@ def test_stable_version_only_moves_to_a_version_that_became_ready(before, after,
     assert new["stableVersion"] in (old["stableVersion"], after.version)
     if new["stableVersion"] != old["stableVersion"]:
         assert value(new, "Ready") == "True"
+
+
+def too_long(value, node, path="status"):
+    """Every string of `value` longer than the maxLength its node in the CRD's status schema declares."""
+    if isinstance(value, str):
+        return [path] if len(value) > node.get("maxLength", len(value)) else []
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in too_long(v, node.get("properties", {}).get(k, {}), f"{path}.{k}")]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in too_long(v, node.get("items", {}), f"{path}[{i}]")]
+    return []
+
+
+long_problems = st.lists(
+    st.builds(Problem, st.sampled_from(["PackagingFailed", "Rejected"]), st.text(min_size=0, max_size=6000)),
+    max_size=12,
+)
+
+
+@given(long_problems, long_problems, st.lists(st.text(max_size=3000), max_size=3), times)
+def test_every_status_string_fits_its_schema_limit(unresolved, failures, waiting, now):
+    fact = Facts(
+        generation=1,
+        version="1.0",
+        wanted_replicas=2,
+        ready_replicas=0,
+        unresolved=unresolved,
+        failures=failures,
+        waiting=waiting,
+        url="http://" + "u" * 2000,
+    )
+    new = status.derive({}, fact, now)
+    assert too_long(new, schema.status_schema()) == []
+    assert status.derive(new, fact, now) == new
