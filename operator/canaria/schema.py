@@ -548,7 +548,17 @@ def spec_schema() -> Schema:
 
 # -- status -------------------------------------------------------------------------------------------
 
-PHASES = ["Pending", "Serving", "Progressing", "Paused", "Promoting", "RolledBack", "Degraded", "Failed"]
+PHASES = [
+    "Pending",
+    "Serving",
+    "ScaledToZero",
+    "Progressing",
+    "Paused",
+    "Promoting",
+    "RolledBack",
+    "Degraded",
+    "Failed",
+]
 
 
 def status_schema() -> Schema:
@@ -570,7 +580,9 @@ def status_schema() -> Schema:
             "observedGeneration": integer("The spec generation this status describes.", None, 0),
             "phase": enum(
                 "Pending: the first version is not serving yet. Serving: the stable version serves, no "
-                "rollout. Progressing: a canary takes part of the traffic. Paused: a rollout waits "
+                "rollout. ScaledToZero: spec.serving.replicas is 0 and no pod runs; Ready is True (nothing "
+                "to wait for), Available is False with reason ScaledToZero. Progressing: a canary takes part "
+                "of the traffic. Paused: a rollout waits "
                 "(paused, or no data). Promoting: the canary passed and becomes stable. RolledBack: the "
                 "last canary failed and was removed; the stable version serves. Degraded: the stable "
                 "version serves with fewer ready pods than wanted. Failed: nothing serves and a spec "

@@ -157,10 +157,12 @@ def derive(old: Object, facts: Facts, now: str) -> Object:
         "; ".join(p.message for p in unresolved) or "the model's PVC and Secret references exist",
     )
     serving = facts.ready_replicas > 0
+    # Scaled to zero is a state the user asked for: reconciled (Ready) while nothing serves (not Available).
+    scaled_to_zero = facts.wanted_replicas == 0
     put(
         "Available",
         serving,
-        "ModelLoaded" if serving else "NoReadyPods",
+        "ModelLoaded" if serving else "ScaledToZero" if scaled_to_zero else "NoReadyPods",
         f"{facts.ready_replicas} of {facts.wanted_replicas} pods have the model loaded",
     )
     monitor = facts.service_monitor
@@ -173,7 +175,12 @@ def derive(old: Object, facts: Facts, now: str) -> Object:
 
     blocking = unresolved + facts.failures
     ready = not blocking and facts.rollout_complete
-    if ready:
+    if ready and scaled_to_zero:
+        reason, message = (
+            "ScaledToZero",
+            f"spec.serving.replicas is 0: no pod serves version {facts.version}",
+        )
+    elif ready:
         reason, message = (
             "Serving",
             f"version {facts.version} serves: {facts.ready_replicas} of {facts.wanted_replicas} pods ready",
@@ -201,7 +208,7 @@ def derive(old: Object, facts: Facts, now: str) -> Object:
     )
 
     if ready:
-        phase = "Serving"
+        phase = "ScaledToZero" if scaled_to_zero else "Serving"
     elif blocking:
         phase = "Degraded" if serving else "Failed"
     else:
@@ -211,7 +218,8 @@ def derive(old: Object, facts: Facts, now: str) -> Object:
         "observedGeneration": generation,
         "phase": phase,
         "message": message,
-        "stableVersion": facts.version if ready else old.get("stableVersion", ""),
+        # The version that last served with every wanted pod ready; scaling to zero proves nothing new.
+        "stableVersion": facts.version if ready and not scaled_to_zero else old.get("stableVersion", ""),
         "canaryVersion": "",
         "canaryWeight": 0,
         "replicas": facts.wanted_replicas,

@@ -171,3 +171,28 @@ def test_a_long_list_of_problems_is_cut_to_the_schema_limits():
 def test_truncation_counts_characters_not_bytes():
     assert status.truncated("é" * 10, 10) == "é" * 10
     assert status.truncated("🦜" * 11, 10) == "🦜" * 4 + status.TRUNCATION_MARK
+
+
+def test_scaled_to_zero_is_ready_but_not_available_and_keeps_the_stable_version():
+    serving = status.derive({}, facts(), T0)
+    scaled = status.derive(serving, facts(version="2.0", wanted_replicas=0, ready_replicas=0), T1)
+    assert scaled["phase"] == "ScaledToZero" and scaled["ready"] == "0/0"
+    assert conditions(scaled) == {
+        "Ready": "True",
+        "Reconciling": "False",
+        "Stalled": "False",
+        "Available": "False",
+        "ResolvedRefs": "True",
+        "ServiceMonitorReady": "True",
+    }
+    assert status.condition(scaled, "Ready")["reason"] == "ScaledToZero"
+    assert status.condition(scaled, "Available")["reason"] == "ScaledToZero"
+    assert scaled["stableVersion"] == "1.0"  # 2.0 never served
+    assert status.transition_event(serving, scaled) == ("Normal", "ScaledToZero", scaled["message"])
+    fresh = status.derive({}, facts(wanted_replicas=0, ready_replicas=0), T0)
+    assert fresh["phase"] == "ScaledToZero" and fresh["stableVersion"] == ""
+
+
+def test_scaling_down_to_zero_waits_for_the_pods_to_go():
+    terminating = status.derive({}, facts(wanted_replicas=0, ready_replicas=1, rollout_complete=False), T0)
+    assert terminating["phase"] != "ScaledToZero" and conditions(terminating)["Reconciling"] == "True"

@@ -36,7 +36,10 @@ def test_kstatus_conditions_are_consistent_for_any_history(history):
         current = status.derive(current, fact, now)
         ready, stalled, reconciling = (value(current, t) for t in ("Ready", "Stalled", "Reconciling"))
         assert [ready, stalled, reconciling].count("True") == 1  # exactly one of the three holds
-        assert (current["phase"] == "Serving") == (ready == "True")
+        assert (current["phase"] in ("Serving", "ScaledToZero")) == (ready == "True")
+        assert (current["phase"] == "ScaledToZero") == (ready == "True" and fact.wanted_replicas == 0)
+        if value(current, "Available") == "True":
+            assert fact.ready_replicas > 0
         assert (stalled == "True") == bool(fact.unresolved or fact.failures)
         assert current["observedGeneration"] == fact.generation
         assert len({c["type"] for c in current["conditions"]}) == len(current["conditions"])
