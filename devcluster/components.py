@@ -63,6 +63,11 @@ def kube_apiserver(layout: Layout, ports: Mapping[str, int], pki: Pki) -> list[s
         f"--proxy-client-key-file={pki.client_key(FRONT_PROXY_CLIENT)}",
         # The `kubernetes` Service cannot point at a loopback address; nothing in the cluster needs it.
         "--endpoint-reconciler-type=none",
+        # Who did what (metadata only): the RBAC test compares the operator's requests with the chart's grants.
+        f"--audit-policy-file={layout.audit_policy}",
+        f"--audit-log-path={layout.audit_log}",
+        "--audit-log-maxsize=100",  # MB; one rotated file is kept beside it (audit-<time>.log)
+        "--audit-log-maxbackup=1",
     ]
 
 

@@ -80,6 +80,16 @@ class Layout:
         return self.state_dir / "logs"
 
     @property
+    def audit_policy(self) -> Path:
+        """The API server's audit policy, kept beside this module."""
+        return Path(__file__).with_name("audit-policy.yaml")
+
+    @property
+    def audit_log(self) -> Path:
+        """The API server's audit log: one JSON event per line."""
+        return self.logs_dir / "audit.log"
+
+    @property
     def run_dir(self) -> Path:
         return self.state_dir / "run"
 
