@@ -1,8 +1,9 @@
 """The one layer that talks to the Kubernetes API.
 
 Server-side apply with one field manager, status written through the status subresource, and every
-API error mapped in one place: transient ones to Kopf's TemporaryError (Kopf retries with backoff),
-rejections of what we sent to `Rejected` (the user's input is wrong; reconcile reports it in status).
+API error mapped in one place: transient ones (no answer, 5xx, 429, 409) to `Unavailable` (reconcile retries
+the pass with back-off), rejections of what we sent to `Rejected` (the user's input is wrong; reconcile
+reports it in status).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import kopf
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -20,7 +22,6 @@ from canaria import schema
 from canaria.spec import Object
 
 FIELD_MANAGER = "canaria"
-RETRY_DELAY_SECONDS = 10
 DISCOVERY_TTL_SECONDS = 30
 
 # (apiVersion, kind) -> plural, for every kind the operator reads or writes. All are namespaced.
@@ -34,6 +35,10 @@ PLURALS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitors",
     (f"{schema.GROUP}/{schema.VERSION}", schema.KIND): schema.PLURAL,
 }
+
+
+class Unavailable(Exception):
+    """The API server did not answer, or answered with a temporary failure: the same request may succeed later."""
 
 
 class Rejected(Exception):
@@ -81,8 +86,10 @@ class Kube:
             response = self.api.call_api(method, url, header_params=headers, body=body, _request_timeout=30)
             data = response.read()
             status = response.status
-        except ApiException as error:  # transport errors surface as status 0
-            raise kopf.TemporaryError(f"{method} {path}: {error.reason}", delay=RETRY_DELAY_SECONDS) from error
+        except ApiException as error:  # TLS errors surface as status 0
+            raise Unavailable(f"{method} {path}: {error.reason}") from error
+        except urllib3.exceptions.HTTPError as error:  # refused, reset or timed-out connections
+            raise Unavailable(f"{method} {path}: {error}") from error
         if status == 404 and method in ("GET", "DELETE"):  # reading or deleting what is gone
             return None
         if 200 <= status < 300:
@@ -178,7 +185,7 @@ def _mapped_error(method: str, path: str, status: int, data: bytes) -> Exception
     if status == 403 and "because it is being terminated" in message:
         return NamespaceTerminating(message)
     if status in (409, 429) or status >= 500:
-        return kopf.TemporaryError(f"{method} {path}: {status} {message}", delay=RETRY_DELAY_SECONDS)
+        return Unavailable(f"{method} {path}: {status} {message}")
     return kopf.PermanentError(f"{method} {path}: {status} {message}")
 
 

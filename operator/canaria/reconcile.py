@@ -7,13 +7,13 @@ point. A pass that finds everything as desired writes nothing.
 from __future__ import annotations
 
 import datetime
+import logging
 import threading
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 from canaria import render, schema, spec, status
-from canaria.kube import Kube, NamespaceTerminating, Rejected
+from canaria.kube import Kube, NamespaceTerminating, Rejected, Unavailable
 from canaria.render import STABLE, Settings
 from canaria.spec import Object
 from canaria.status import Facts, Problem
@@ -180,8 +180,28 @@ def observe(kube: Kube, md: Object) -> Observation:
 
 # -- one pass -----------------------------------------------------------------------------------------------
 
-_locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
-_pending: set[tuple[str, str]] = set()
+# Requests per object. An entry lives only while a pass runs or a retry waits, so the table holds the objects
+# in flight, not every object ever seen.
+RETRY_FIRST_SECONDS = 1.0
+RETRY_MAX_SECONDS = 60.0
+
+
+@dataclass
+class Requests:
+    running: bool = False  # a pass runs now
+    pending: bool = False  # a request came in while it ran: run once more
+    failures: int = 0  # passes in a row that failed temporarily
+    retry: threading.Timer | None = None  # the next try after a temporary failure
+
+
+_table_lock = threading.Lock()
+_requests: dict[tuple[str, str], Requests] = {}
+log = logging.getLogger(__name__)
+
+
+def retry_delay(failures: int) -> float:
+    """Back-off after `failures` temporary failures in a row: 1, 2, 4, ... seconds, at most a minute."""
+    return float(min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** max(0, failures - 1)))
 
 
 def utc_now() -> str:
@@ -191,22 +211,58 @@ def utc_now() -> str:
 def reconcile(kube: Kube, namespace: str, name: str, settings: Settings) -> Object | None:
     """Bring one ModelDeployment's children and status in line with its spec. Returns the new status.
 
-    Requests for an object that is being reconciled coalesce: a burst of child events costs one more pass,
-    not one pass each (the pass in progress runs once more when a request came in meanwhile)."""
+    Every caller (Kopf handler, child or PVC event, retry) comes through here. Requests for an object that is
+    being reconciled coalesce: a burst of child events costs one more pass, not one pass each. A pass that
+    fails temporarily (the API did not answer) is retried with back-off, and the retry stands for every
+    request that came in meanwhile: Kopf never retries event handlers, so nothing else would."""
     key = (namespace, name)
-    _pending.add(key)
-    result = None
-    while key in _pending:
-        if not _locks[key].acquire(blocking=False):
+    with _table_lock:
+        entry = _requests.setdefault(key, Requests())
+        if entry.running:
+            entry.pending = True
             return None  # the pass in progress sees the pending mark and runs again
+        entry.running = True
+        if entry.retry:  # this request runs now: the scheduled retry is not needed unless it fails again
+            entry.retry.cancel()
+            entry.retry = None
+    while True:
         try:
-            _pending.discard(key)
             result = _reconcile(kube, namespace, name, settings)
         except NamespaceTerminating:
-            return None  # the namespace controller is deleting the object and its children
-        finally:
-            _locks[key].release()
-    return result
+            result = None  # the namespace controller is deleting the object and its children
+        except Unavailable as error:
+            _retry_later(key, entry, error, (kube, namespace, name, settings))
+            return None
+        except BaseException:
+            with _table_lock:
+                _settle(key, entry)
+            raise
+        with _table_lock:  # one critical section: a request cannot slip between the check and the settling
+            entry.failures = 0
+            if not entry.pending:
+                _settle(key, entry)
+                return result
+            entry.pending = False
+
+
+def _settle(key: tuple[str, str], entry: Requests) -> None:
+    """The pass is over (called under the table lock): forget the object unless a retry waits."""
+    entry.running = False
+    entry.pending = False
+    if entry.retry is None:
+        _requests.pop(key, None)
+
+
+def _retry_later(key: tuple[str, str], entry: Requests, error: Unavailable, args: tuple[Any, ...]) -> None:
+    with _table_lock:
+        entry.failures += 1
+        entry.pending = False  # the retry covers the requests that came in meanwhile
+        delay = retry_delay(entry.failures)
+        entry.retry = threading.Timer(delay, reconcile, args=args)
+        entry.retry.daemon = True
+        entry.retry.start()
+        _settle(key, entry)
+    log.warning("%s/%s: %s; retrying in %gs", key[0], key[1], error, delay)
 
 
 def apply_children(

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import copy
+import threading
+import time
+
+import pytest
 
 from canaria import reconcile, render
+from canaria.kube import Unavailable
 from canaria.reconcile import Observation
 from canaria.render import Settings
 from tests.unit.conftest import model_deployment
@@ -79,8 +84,6 @@ def test_facts_treat_a_deployment_changed_this_pass_as_not_rolled_out(md):
 
 
 def test_requests_during_a_pass_coalesce_into_one_more_pass(monkeypatch):
-    import threading
-
     started, release, passes = threading.Event(), threading.Event(), []
 
     def slow_pass(kube, namespace, name, settings):
@@ -98,3 +101,90 @@ def test_requests_during_a_pass_coalesce_into_one_more_pass(monkeypatch):
     release.set()
     first.join(5)
     assert passes == ["m", "m"]
+    assert reconcile._requests == {}
+
+
+def test_retry_delays_back_off_up_to_a_minute():
+    assert [reconcile.retry_delay(n) for n in range(1, 10)] == [1, 2, 4, 8, 16, 32, 60, 60, 60]
+
+
+class FlakyAPI:
+    """A pass that fails temporarily `failures` times, then succeeds; records when each pass started."""
+
+    def __init__(self, failures: int, hold: threading.Event | None = None) -> None:
+        self.failures, self.hold, self.starts = failures, hold, []
+        self.done = threading.Event()
+
+    def __call__(self, kube, namespace, name, settings):
+        self.starts.append(time.monotonic())
+        if self.hold:
+            self.hold.wait(5)
+            self.hold = None
+        if len(self.starts) <= self.failures:
+            raise Unavailable("PATCH /api/v1/namespaces/ns/services/m: 503 etcd is down")
+        self.done.set()
+        return {"phase": "Serving"}
+
+
+def test_a_temporary_failure_is_retried_with_back_off_until_it_passes(monkeypatch):
+    monkeypatch.setattr(reconcile, "RETRY_FIRST_SECONDS", 0.05)
+    flaky = FlakyAPI(failures=3)
+    monkeypatch.setattr(reconcile, "_reconcile", flaky)
+    assert reconcile.reconcile(None, "ns", "m", SETTINGS) is None  # failed: a retry is scheduled
+    assert ("ns", "m") in reconcile._requests
+    assert flaky.done.wait(5), "the failed pass was never retried"
+    gaps = [later - earlier for earlier, later in zip(flaky.starts, flaky.starts[1:], strict=False)]
+    assert len(gaps) == 3
+    assert all(gap >= delay * 0.9 for gap, delay in zip(gaps, [0.05, 0.1, 0.2], strict=True)), gaps
+    wait_until(lambda: reconcile._requests == {})
+
+
+def test_requests_during_a_failing_pass_wait_for_the_retry_instead_of_running_hot(monkeypatch):
+    monkeypatch.setattr(reconcile, "RETRY_FIRST_SECONDS", 0.3)
+    hold = threading.Event()
+    flaky = FlakyAPI(failures=1, hold=hold)
+    monkeypatch.setattr(reconcile, "_reconcile", flaky)
+    first = threading.Thread(target=reconcile.reconcile, args=(None, "ns", "m", SETTINGS))
+    first.start()
+    wait_until(lambda: flaky.starts)
+    for _ in range(5):  # child events while the pass runs into the failing API
+        reconcile.reconcile(None, "ns", "m", SETTINGS)
+    hold.set()
+    first.join(5)
+    assert flaky.done.wait(5)
+    assert len(flaky.starts) == 2 and flaky.starts[1] - flaky.starts[0] >= 0.27
+    wait_until(lambda: reconcile._requests == {})
+
+
+def test_a_new_request_runs_at_once_and_replaces_the_scheduled_retry(monkeypatch):
+    monkeypatch.setattr(reconcile, "RETRY_FIRST_SECONDS", 30)
+    flaky = FlakyAPI(failures=1)
+    monkeypatch.setattr(reconcile, "_reconcile", flaky)
+    reconcile.reconcile(None, "ns", "m", SETTINGS)
+    retry = reconcile._requests[("ns", "m")].retry
+    assert retry is not None and retry.is_alive()
+    assert reconcile.reconcile(None, "ns", "m", SETTINGS) == {"phase": "Serving"}  # e.g. a child event
+    assert not retry.is_alive() or retry.finished.is_set()
+    assert reconcile._requests == {}
+
+
+def test_the_request_table_forgets_objects_once_their_pass_is_over(monkeypatch):
+    monkeypatch.setattr(reconcile, "_reconcile", lambda kube, namespace, name, settings: None)  # object gone
+    for index in range(1000):
+        reconcile.reconcile(None, "ns", f"m{index}", SETTINGS)
+    assert reconcile._requests == {}
+
+    def broken(kube, namespace, name, settings):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(reconcile, "_reconcile", broken)
+    with pytest.raises(KeyError):
+        reconcile.reconcile(None, "ns", "m", SETTINGS)
+    assert reconcile._requests == {}
+
+
+def wait_until(predicate, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
