@@ -18,9 +18,9 @@ def print_crd() -> None:
 def run(namespaces: list[str], liveness: str | None) -> None:
     import kopf
 
-    import canaria.handlers  # noqa: F401  (registers the handlers)
+    from canaria.handlers import options_from  # importing the module registers the handlers
 
-    level = os.environ.get("CANARIA_LOG_LEVEL", "INFO").upper()
+    level = options_from(os.environ).log_level
     kopf.configure(debug=level == "DEBUG", quiet=level in ("WARNING", "ERROR"))
     kopf.run(clusterwide=not namespaces, namespaces=namespaces, standalone=True, liveness_endpoint=liveness)
 

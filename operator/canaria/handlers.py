@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -19,6 +20,33 @@ CHILD_FILTER = {render.MANAGED_BY: "canaria"}
 SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
 
 
+@dataclass(frozen=True)
+class Options:
+    """What the operator takes from its environment (the Helm chart sets each variable)."""
+
+    settings: Settings  # shapes the rendered objects
+    workers: int  # reconcile passes that may run at once
+    log_level: str
+
+
+def options_from(environ: Mapping[str, str]) -> Options:
+    return Options(
+        settings=Settings(
+            packager_image=environ.get("CANARIA_PACKAGER_IMAGE", Settings.packager_image),
+            cluster_domain=environ.get("CANARIA_CLUSTER_DOMAIN", Settings.cluster_domain),
+        ),
+        workers=int(environ.get("CANARIA_WORKERS", "20")),
+        log_level=environ.get("CANARIA_LOG_LEVEL", "INFO").upper(),
+    )
+
+
+def set_concurrency(settings: kopf.OperatorSettings, workers: int) -> None:
+    """A reconcile pass is a blocking handler: Kopf runs it on the threads of `settings.execution`, so their
+    number is how many passes run at once (`settings.queueing.worker_limit` counts per-object asyncio tasks,
+    which only wait for those threads)."""
+    settings.execution.max_workers = workers
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Status and the last-handled spec live in the object; Kopf's own bookkeeping goes to annotations
@@ -29,12 +57,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     )
     settings.posting.level = logging.WARNING  # our own Events say what matters; no "handler succeeded"
     settings.watching.server_timeout = 270
-    settings.batching.worker_limit = int(os.environ.get("CANARIA_WORKERS", "20"))
+    options = options_from(os.environ)
+    set_concurrency(settings, options.workers)
     memo.kube = Kube()
-    memo.settings = Settings(
-        packager_image=os.environ.get("CANARIA_PACKAGER_IMAGE", Settings.packager_image),
-        cluster_domain=os.environ.get("CANARIA_CLUSTER_DOMAIN", Settings.cluster_domain),
-    )
+    memo.settings = options.settings
 
 
 @kopf.on.resume(schema.GROUP, schema.VERSION, schema.PLURAL)
