@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,8 +53,15 @@ def port_in_use(port: int) -> bool:
         return False
 
 
-def start(argv: list[str], log_file: Path, run: RunFiles, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Starts argv detached from our session (it outlives the CLI), logging to log_file, and records it."""
+def start(
+    argv: list[str],
+    log_file: Path,
+    run: RunFiles,
+    env: dict[str, str] | None = None,
+    preexec: Callable[[], None] | None = None,
+) -> subprocess.Popen:
+    """Starts argv detached from our session (it outlives the CLI), logging to log_file, and records it.
+    preexec runs in the child before exec (the pod network's components enter its namespace there)."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     run.run_dir.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
@@ -64,6 +72,7 @@ def start(argv: list[str], log_file: Path, run: RunFiles, env: dict[str, str] | 
             stderr=subprocess.STDOUT,
             start_new_session=True,
             env=env,
+            preexec_fn=preexec,
         )
     run.pid_file.write_text(f"{process.pid}\n")
     run.cmdline_file.write_bytes(b"\0".join(arg.encode() for arg in argv))
