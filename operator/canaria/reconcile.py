@@ -130,6 +130,7 @@ def facts_of(
         waiting=status.pods_waiting(observation.pods),
         service_monitor=service_monitor_problem(md, observation.service_monitor_api),
         url=render.inference_url(md, settings),
+        digests=status.ready_pod_digests(observation.pods, render.VERSION_LABEL),
     )
 
 

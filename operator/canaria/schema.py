@@ -597,7 +597,11 @@ def status_schema() -> Schema:
             "readyReplicas": integer("Stable pods ready (model loaded).", None, 0),
             "ready": string("Ready pods over wanted pods, e.g. 2/2.", maxLength=32),
             "url": string("In-cluster inference URL.", maxLength=1024),
-            "modelDigest": string("SHA-256 of the serving model archive.", maxLength=128),
+            "modelDigest": string(
+                "Digest (blake3:<hex>) of the model archive the stable version's ready pods loaded, as "
+                "their packaging init container reported it.",
+                maxLength=128,
+            ),
             "conditions": {
                 **array("Conditions.", condition, 32),
                 "x-kubernetes-list-type": "map",

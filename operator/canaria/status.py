@@ -7,6 +7,8 @@ Condition types follow kstatus: `Reconciling` and `Stalled` are abnormal-true; `
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +16,7 @@ from canaria import schema
 from canaria.spec import Object
 
 STATUS_SCHEMA = schema.status_schema()
+PACKAGER_CONTAINER = "package"  # the init container that builds the archive (canaria.render)
 TRUNCATION_MARK = " [...]"
 
 
@@ -61,6 +64,7 @@ class Facts:
     waiting: list[str] = field(default_factory=list)  # pods waiting for something that may come by itself
     service_monitor: Problem | None = None  # why there is no ServiceMonitor, if there is none
     url: str = ""
+    digests: dict[str, str] = field(default_factory=dict)  # version -> archive digest its ready pods report
 
 
 # Container waiting reasons that no amount of waiting fixes, with the status reason they map to.
@@ -88,7 +92,7 @@ def pod_failures(pods: list[Object]) -> list[Problem]:
         for container in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
             waiting = (container.get("state") or {}).get("waiting") or {}
             reason = STUCK_WAITING.get(waiting.get("reason", ""))
-            if reason is None or (reason == "CrashLoop" and container["name"] == "package"):
+            if reason is None or (reason == "CrashLoop" and container["name"] == PACKAGER_CONTAINER):
                 continue  # a crash-looping packager is already reported as PackagingFailed
             last = _terminated(container) or {}
             detail = (waiting.get("message") or last.get("message") or last.get("reason") or "").strip()
@@ -106,6 +110,40 @@ def pods_waiting(pods: list[Object]) -> list[str]:
             if condition_.get("type") == "PodScheduled" and condition_.get("reason") == "Unschedulable":
                 notes.append(f"pod {pod['metadata']['name']} is unschedulable: {condition_.get('message', '')}")
     return notes[:1]
+
+
+DIGEST_PATTERN = re.compile(r"^[a-z0-9]+:[0-9a-f]{32,120}$")
+
+
+def archive_digest(pod: Object) -> str | None:
+    """The digest the packager reported on success: its termination message is {"digest": "blake3:...", ...}."""
+    for init in (pod.get("status") or {}).get("initContainerStatuses") or []:
+        terminated = (init.get("state") or {}).get("terminated") or {}
+        if init.get("name") != PACKAGER_CONTAINER or terminated.get("exitCode") != 0:
+            continue
+        try:
+            digest = json.loads(terminated.get("message") or "").get("digest")
+        except (ValueError, AttributeError):
+            return None  # an older packager, or a message that is not ours
+        return digest if isinstance(digest, str) and DIGEST_PATTERN.match(digest) else None
+    return None
+
+
+def ready_pod_digests(pods: list[Object], version_label: str) -> dict[str, str]:
+    """version (the pods' `version_label`) -> the archive digest reported by its newest ready pod (after a
+    repackaging of the same version, the newest pods are the ones the rollout keeps)."""
+    digests: dict[str, str] = {}
+    for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or ""):
+        version = (pod["metadata"].get("labels") or {}).get(version_label)
+        digest = archive_digest(pod)
+        if version and digest and _pod_ready(pod):
+            digests[version] = digest
+    return digests
+
+
+def _pod_ready(pod: Object) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def _terminated(container_status: Object) -> Object | None:
@@ -228,9 +266,15 @@ def derive(old: Object, facts: Facts, now: str) -> Object:
         "url": facts.url,
         "conditions": sorted(conditions, key=lambda c: c["type"]),
     }
-    for key in ("modelDigest", "rollout"):
-        if key in old:
-            new[key] = old[key]
+    # The archive of the stable version, as its ready pods report it; kept while they are not observed
+    # (scaled to zero, restarting) as long as the stable version is the same.
+    digest = facts.digests.get(new["stableVersion"])
+    if not digest and new["stableVersion"] == old.get("stableVersion"):
+        digest = old.get("modelDigest")
+    if digest:
+        new["modelDigest"] = digest
+    if "rollout" in old:
+        new["rollout"] = old["rollout"]
     return fitted(new, STATUS_SCHEMA)
 
 

@@ -14,6 +14,7 @@ import blake3
 import pytest
 
 import canaria.package.archive
+from canaria import status
 from tests.support.packaging import (
     archive_files,
     package_args,
@@ -203,3 +204,18 @@ def test_prebuilt_directory_archive_is_installed_file_for_file(tmp_path: Path) -
     assert archive_files(store / "m.mar") == archive_files(built)
     assert (store / "m.digest").read_text() == (tmp_path / "first" / "m.digest").read_text()
     assert run.summary["digest"] == (store / "m.digest").read_text().split()[0] == recomputed_digest(store / "m.mar")
+
+
+def test_success_leaves_the_digest_in_the_termination_message_for_the_operator(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    run = run_packager_in_process(package_args(write_model_source(tmp_path / "src"), store), tmp_path / "log")
+    assert run.termination_message is not None and len(run.termination_message.encode()) < 4096
+    pod = {
+        "metadata": {"name": "p"},
+        "status": {
+            "initContainerStatuses": [
+                {"name": "package", "state": {"terminated": {"exitCode": 0, "message": run.termination_message}}}
+            ]
+        },
+    }
+    assert status.archive_digest(pod) == run.summary["digest"] == recomputed_digest(store / "m.mar")

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 from canaria import status
 from canaria.status import Facts, Problem
 
@@ -196,3 +198,54 @@ def test_scaled_to_zero_is_ready_but_not_available_and_keeps_the_stable_version(
 def test_scaling_down_to_zero_waits_for_the_pods_to_go():
     terminating = status.derive({}, facts(wanted_replicas=0, ready_replicas=1, rollout_complete=False), T0)
     assert terminating["phase"] != "ScaledToZero" and conditions(terminating)["Reconciling"] == "True"
+
+
+DIGEST = "blake3:" + "ab" * 32
+
+
+def serving_pod(name, version, digest=DIGEST, ready=True, created="2026-11-28T00:00:00Z"):
+    message = json.dumps({"digest": digest, "bytes": 10}) + "\n" if digest else ""
+    return {
+        "metadata": {"name": name, "labels": {"serving.canaria.dev/version": version}, "creationTimestamp": created},
+        "status": {
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+            "initContainerStatuses": [
+                {"name": "package", "state": {"terminated": {"exitCode": 0, "message": message}}}
+            ],
+        },
+    }
+
+
+def test_the_packagers_termination_message_gives_the_archive_digest():
+    assert status.archive_digest(serving_pod("p", "1.0")) == DIGEST
+    failed = serving_pod("p", "1.0")
+    failed["status"]["initContainerStatuses"][0]["state"]["terminated"] = {"exitCode": 1, "message": '{"digest": 1}'}
+    assert status.archive_digest(failed) is None
+    assert status.archive_digest(serving_pod("p", "1.0", digest=None)) is None  # an older packager
+    assert status.archive_digest(serving_pod("p", "1.0", digest="blake3:<script>")) is None
+    assert status.archive_digest({"metadata": {"name": "p"}, "status": {}}) is None
+
+
+def test_ready_pods_give_one_digest_per_version_the_newest_pod_winning():
+    newer = "blake3:" + "cd" * 32
+    pods = [
+        serving_pod("a", "1.0"),
+        serving_pod("b", "1.0", digest=newer, created="2026-11-28T00:01:00Z"),
+        serving_pod("c", "2.0", ready=False),
+    ]
+    assert status.ready_pod_digests(pods, "serving.canaria.dev/version") == {"1.0": newer}
+
+
+def test_model_digest_is_the_stable_versions_and_survives_scaling_to_zero():
+    serving = status.derive({}, facts(digests={"1.0": DIGEST}), T0)
+    assert serving["modelDigest"] == DIGEST
+    assert "modelDigest" not in status.derive({}, facts(ready_replicas=0, rollout_complete=False), T0)
+    scaled = status.derive(serving, facts(wanted_replicas=0, ready_replicas=0), T1)
+    assert scaled["modelDigest"] == DIGEST
+    rolling = status.derive(serving, facts(version="2.0", ready_replicas=1, rollout_complete=False), T1)
+    assert rolling["stableVersion"] == "1.0" and rolling["modelDigest"] == DIGEST
+    newer = "blake3:" + "ef" * 32
+    promoted = status.derive(rolling, facts(version="2.0", digests={"1.0": DIGEST, "2.0": newer}), T1)
+    assert promoted["stableVersion"] == "2.0" and promoted["modelDigest"] == newer
+    unknown = status.derive(rolling, facts(version="2.0"), T1)  # ready pods that report no digest
+    assert unknown["stableVersion"] == "2.0" and "modelDigest" not in unknown

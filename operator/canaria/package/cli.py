@@ -1,7 +1,8 @@
 """`python -m canaria.package`: the serving pod's init container, also usable by hand.
 
 On success it prints one JSON line on stdout: {"archive": ..., "digest": "blake3:...", "bytes": ...,
-"seconds": ...}; the same digest is in `<model-store>/<name>.digest`.
+"seconds": ...}; the same digest is in `<model-store>/<name>.digest`, and the termination log gets the line
+{"digest": "blake3:...", "bytes": ...}, which the pod's status carries to the operator (status.modelDigest).
 On failure it exits non-zero and writes one line, to stderr and to the termination log, naming the
 ModelDeployment field to fix; the operator copies that line into the ModelDeployment's status.
 """
@@ -103,16 +104,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(" ".join(line.split()), termination_log, EXIT_INTERNAL_ERROR)
     summary = {**result.summary(), "seconds": round(time.monotonic() - started, 3)}
     print(json.dumps(summary, sort_keys=True), flush=True)
+    # Short and fixed in size: kubelet keeps at most 4096 bytes of a termination message.
+    _write_termination_log(termination_log, json.dumps({"digest": result.digest, "bytes": result.size}))
     return 0
 
 
 def _fail(line: str, termination_log: Path | None, code: int) -> int:
     print(line, file=sys.stderr, flush=True)
+    # stderr has the line too; without a termination log kubelet shows the log's tail.
+    _write_termination_log(termination_log, line)
+    return code
+
+
+def _write_termination_log(termination_log: Path | None, line: str) -> None:
     if termination_log is not None:
-        # stderr has the line too; without a termination log kubelet shows the log's tail.
         with contextlib.suppress(OSError):
             termination_log.write_text(line + "\n")
-    return code
 
 
 def _default_termination_log() -> Path | None:
