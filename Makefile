@@ -13,7 +13,7 @@ help:
 $(VENV)/.installed: pyproject.toml
 	@command -v uv >/dev/null || python3 -m pip install --quiet uv
 	uv venv --quiet --allow-existing --python python3.11 $(VENV)
-	VIRTUAL_ENV=$(VENV) uv pip install --quiet -e '.[serving,dev]'
+	VIRTUAL_ENV=$(VENV) uv pip install --quiet -e '.[serving,dev,examples]'
 	touch $@
 
 venv: $(VENV)/.installed ## Python environment with the operator, TorchServe and the dev tools

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -21,13 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import requests
-from PIL import Image
 
 from devcluster import procs
 from devcluster.layout import Layout, Settings
-from tests.support.torchserve import Ports, on_loopback, start_with_config
+from tests.support.torchserve import Ports, encoded_image, on_loopback, start_with_config
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYOUT = Layout.resolve(ROOT, Settings())
@@ -158,16 +155,15 @@ def serve_like_the_pod(ports: Ports) -> None:
 
 def classify_generated_images(url: str) -> None:
     sys.path.insert(0, str(EXAMPLE_DIR))
-    import train  # the example's generator of labelled images
+    import train  # the example's trainer and its held-out digits
 
     labels = json.loads((EXAMPLE_DIR / "index_to_name.json").read_text())
-    images = train.synthetic_images(np.arange(4), np.random.default_rng(7))
-    for index, image in enumerate(images):
-        png = io.BytesIO()
-        Image.fromarray(image).save(png, format="PNG")
-        answer = requests.post(f"{url}/predictions/cifar10", data=png.getvalue(), timeout=30).json()
+    digits = train.first_of_each_class(train.held_out_digits())
+    for digit in range(4):
+        body = encoded_image(digits.images[digit])
+        answer = requests.post(f"{url}/predictions/cifar10", data=body, timeout=30).json()
         top = ", ".join(f"{label} {probability:.3f}" for label, probability in answer.items())
-        print(f"  a generated {labels[str(index)]!r} image -> {top}")
+        print(f"  a held-out handwritten {labels[str(digit)]!r} -> {top}")
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 CIFAR10 = ModelSettings(name="cifar10", version="1.0")
 
 sys.path.insert(0, str(EXAMPLE))
-import train  # noqa: E402  (examples/cifar10/train.py: the generator of labelled images)
+import train  # noqa: E402  (examples/cifar10/train.py: the trainer and its held-out digits)
 
 
 def run_packager(*args: str) -> dict[str, object]:

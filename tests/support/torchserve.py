@@ -12,6 +12,7 @@ Workarounds for TorchServe 0.12 (model_handlers/README.md lists them all):
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import time
@@ -21,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import requests
+from PIL import Image
 
 from canaria import render, spec
 
@@ -81,6 +84,13 @@ def on_loopback(config_properties: str, ports: Ports, model_store: Path) -> str:
         key = line.split("=", 1)[0]
         lines.append(f"{key}={local[key]}" if key in local else line)
     return "\n".join(lines) + "\n"
+
+
+def encoded_image(pixels: np.ndarray, image_format: str = "PNG") -> bytes:
+    """uint8 HxWx3 pixels as the bytes of an image file: the body a client posts to /predictions."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=image_format)
+    return buffer.getvalue()
 
 
 @dataclass
