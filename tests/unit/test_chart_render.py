@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 import canaria.handlers  # noqa: F401  (registers the operator's Kopf handlers)
-from canaria import kube, render
+from canaria import render
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "canaria"
@@ -233,23 +233,19 @@ def test_operator_environment(default: list[Object], tmp_path: Path) -> None:
     assert custom["HTTPS_PROXY"] == "http://proxy:3128"
 
 
-OPERATOR_SOURCES = ROOT / "operator" / "canaria"
+def changed(value: str) -> str:
+    return str(int(value) + 1) if value.isdigit() else f"{value}-changed"
 
 
-@pytest.mark.parametrize(
-    "variable",
-    [
-        "CANARIA_PACKAGER_IMAGE",
-        "CANARIA_CLUSTER_DOMAIN",
-        "CANARIA_WORKERS",
-        "CANARIA_LOG_LEVEL",
-    ],
-)
-def test_the_operator_reads_every_variable_the_chart_sets(default: list[Object], variable: str) -> None:
-    """A chart value that the operator ignores is a lie in values.yaml."""
-    assert variable in env_of(default)
-    sources = "\n".join(path.read_text() for path in OPERATOR_SOURCES.glob("*.py"))
-    assert f'"{variable}"' in sources, f"the chart sets {variable}, but operator/canaria/ never reads it"
+def test_the_operator_reads_every_variable_the_chart_sets(default: list[Object]) -> None:
+    """A chart value that the operator ignores is a lie in values.yaml: changing any CANARIA_* variable the
+    chart sets changes the options the operator starts with."""
+    env = {name: value for name, value in env_of(default).items() if name.startswith("CANARIA_")}
+    assert set(env) >= {"CANARIA_PACKAGER_IMAGE", "CANARIA_CLUSTER_DOMAIN", "CANARIA_WORKERS", "CANARIA_LOG_LEVEL"}
+    for name, value in env.items():
+        assert canaria.handlers.options_from({**env, name: changed(value)}) != canaria.handlers.options_from(env), (
+            f"the chart sets {name}, but the operator ignores it"
+        )
 
 
 def test_digests_pin_images(tmp_path: Path) -> None:
@@ -303,34 +299,40 @@ def test_scheduling_and_metadata_values_reach_the_pod(tmp_path: Path, default: l
 
 
 # -- RBAC -----------------------------------------------------------------------------------------------------
+# What the operator really issues is proven against the API server's audit log in
+# tests/integration/test_rbac_audit.py; these checks are the fast, cluster-free part.
 
-WRITES = {"create", "update", "patch", "delete", "deletecollection"}
-CHILDREN = [
-    ("apps", "deployments"),
-    ("", "services"),
-    ("", "configmaps"),
-    ("monitoring.coreos.com", "servicemonitors"),
-    ("gateway.networking.k8s.io", "httproutes"),
-]
-CLUSTER_SCOPED = {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces")}
+Grant = tuple[str, str, str]  # (API group, resource or non-resource URL, verb)
+NON_RESOURCE = "non-resource"
+CLUSTER_SCOPED = {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces"), NON_RESOURCE}
+
+
+def expand(rules: Iterable[Rule]) -> set[Grant]:
+    expanded = set()
+    for rule in rules:
+        for verb in rule["verbs"]:
+            expanded |= {(NON_RESOURCE, url, verb) for url in rule.get("nonResourceURLs", [])}
+            expanded |= {(g, r, verb) for g in rule.get("apiGroups", []) for r in rule.get("resources", [])}
+    return expanded
+
+
+def is_cluster_scoped(grant: Grant) -> bool:
+    return grant[0] == NON_RESOURCE or grant[:2] in CLUSTER_SCOPED
 
 
 def assert_least_privilege(rules: list[Rule]) -> None:
     for rule in rules:
         for field in ("apiGroups", "resources", "verbs", "nonResourceURLs", "resourceNames"):
             assert "*" not in rule.get(field, []), f"wildcard in {field}: {rule}"
-        assert not {"escalate", "bind", "impersonate", "deletecollection", "update"} & set(rule["verbs"]), rule
+        assert not {"escalate", "bind", "impersonate", "deletecollection"} & set(rule["verbs"]), rule
         assert "rbac.authorization.k8s.io" not in rule.get("apiGroups", []), rule
-    assert grants(rules, "", "secrets") <= {"get"}, "Secrets: the operator only checks that a named one exists"
-    assert grants(rules, "", "persistentvolumeclaims") <= {"get", "list", "watch"}
-    assert not grants(rules, "", "pods") & WRITES, "the operator never writes pods"
-    assert not grants(rules, "", "pods/exec") and not grants(rules, "", "nodes")
-    assert grants(rules, "", "events") <= {"create"}
-    assert grants(rules, "events.k8s.io", "events") <= {"create"}
-    assert grants(rules, "serving.canaria.dev", "modeldeployments") <= {"get", "list", "watch", "patch"}
-    assert grants(rules, "serving.canaria.dev", "modeldeployments/status") <= {"patch"}
-    for group, resource in CLUSTER_SCOPED:
-        assert grants(rules, group, resource) <= {"get", "list", "watch"}
+    granted = expand(rules)
+    assert {v for g, r, v in granted if r == "secrets"} <= {"get"}, "Secrets: read by name only"
+    assert not {v for g, r, v in granted if r in ("pods", "persistentvolumeclaims")} - {"get", "list", "watch"}
+    assert {(g, r) for g, r, v in granted if v == "delete"} <= {("monitoring.coreos.com", "servicemonitors")}, (
+        "children are removed by the garbage collector, not the operator"
+    )
+    assert {(g, r) for g, r, v in granted if v == "update"} <= {("serving.canaria.dev", "modeldeployments/finalizers")}
 
 
 def kopf_watched_resources() -> set[tuple[str, str]]:
@@ -347,47 +349,57 @@ def kopf_watched_resources() -> set[tuple[str, str]]:
     return watched
 
 
-def assert_operator_can_work(namespaced_rules: list[Rule], cluster_rules: list[Rule]) -> None:
-    """Everything the operator does (canaria/kube.py, handlers.py) and Kopf needs is granted."""
-    for (api_version, _kind), plural in kube.PLURALS.items():  # every kind the operator reads
-        group = api_version.rpartition("/")[0]
-        assert "get" in grants(namespaced_rules, group, plural), f"cannot get {plural}"
+def assert_kopf_can_watch(namespaced_rules: list[Rule], cluster_rules: list[Rule]) -> None:
     watched = kopf_watched_resources()
     assert ("serving.canaria.dev", "modeldeployments") in watched
     for group, plural in watched:  # Kopf lists and watches every resource a handler is registered for
         rules = cluster_rules if (group, plural) in CLUSTER_SCOPED else namespaced_rules
         assert {"list", "watch"} <= grants(rules, group, plural), f"Kopf cannot watch {group}/{plural}"
-    for group, resource in CHILDREN:  # watched for drift, written by server-side apply, deleted
-        assert grants(namespaced_rules, group, resource) == {"get", "list", "watch", "create", "patch", "delete"}
-    assert grants(namespaced_rules, "", "pods") == {"get", "list", "watch"}
-    assert grants(namespaced_rules, "serving.canaria.dev", "modeldeployments") == {"get", "list", "watch", "patch"}
-    assert grants(namespaced_rules, "serving.canaria.dev", "modeldeployments/status") == {"patch"}
-    assert grants(namespaced_rules, "", "events") == {"create"}
-    assert grants(namespaced_rules, "events.k8s.io", "events") == {"create"}
-    for group, resource in CLUSTER_SCOPED:  # Kopf's scanning
-        assert grants(cluster_rules, group, resource) == {"get", "list", "watch"}
-    discovery = [r for r in cluster_rules if r.get("nonResourceURLs")]
-    assert discovery == [{"nonResourceURLs": ["/api", "/api/*", "/apis", "/apis/*"], "verbs": ["get"]}]
 
 
-def test_cluster_wide_rbac_is_sufficient_and_least_privilege(default: list[Object]) -> None:
+def documented_grants() -> set[Grant]:
+    """The Permissions table of charts/canaria/README.md, as grants."""
+    section = (CHART / "README.md").read_text().split("## Permissions", 1)[1]
+    documented = set()
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) != 4 or cells[0] in ("API group", "") or set(cells[0]) <= {"-"}:
+            continue
+        group = {"core": "", "non-resource": NON_RESOURCE}.get(cells[0], cells[0].strip("`"))
+        for resource in re.findall(r"`([^`]+)`", cells[1]):
+            documented |= {(group, resource, verb.strip()) for verb in cells[2].split(",")}
+    return documented
+
+
+def test_cluster_wide_rbac(default: list[Object]) -> None:
     rules = rules_of(default, "ClusterRole")
     assert_least_privilege(rules)
-    assert_operator_can_work(rules, rules)
+    assert_kopf_can_watch(rules, rules)
+    assert not rules_of(default, "Role")
+    assert expand(rules) == documented_grants() - {("", "namespaces", "list"), ("", "namespaces", "watch")}, (
+        "the README's Permissions table and the ClusterRole differ (namespaces are read only in namespaced mode)"
+    )
     binding = one(default, "ClusterRoleBinding")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": FULLNAME}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
 
 
-def test_watch_namespaces_get_a_role_each_and_nothing_namespaced_cluster_wide(namespaced: list[Object]) -> None:
+def test_watch_namespaces_get_a_role_each_and_nothing_namespaced_cluster_wide(
+    namespaced: list[Object], default: list[Object]
+) -> None:
     cluster_rules = rules_of(namespaced, "ClusterRole")
     assert_least_privilege(cluster_rules)
-    granted = {(g, r) for rule in cluster_rules for g in rule.get("apiGroups", []) for r in rule.get("resources", [])}
-    assert granted == CLUSTER_SCOPED, "in namespaced mode only CRDs and namespaces are readable cluster-wide"
+    cluster_grants = expand(cluster_rules)
+    assert all(is_cluster_scoped(grant) for grant in cluster_grants), "namespaced objects are readable cluster-wide"
+    cluster_wide_mode = expand(rules_of(default, "ClusterRole"))
     for namespace in WATCHED:
         role = one(namespaced, "Role", namespace)
         assert_least_privilege(role["rules"])
-        assert_operator_can_work(role["rules"], cluster_rules)
+        assert_kopf_can_watch(role["rules"], cluster_rules)
+        role_grants = expand(role["rules"])
+        assert not any(is_cluster_scoped(grant) for grant in role_grants)
+        assert role_grants == {g for g in cluster_wide_mode if not is_cluster_scoped(g)}, "same grants in both modes"
+        assert role_grants | cluster_grants == documented_grants()
         binding = one(namespaced, "RoleBinding", namespace)
         assert binding["roleRef"] == {
             "apiGroup": "rbac.authorization.k8s.io",

@@ -77,11 +77,15 @@ An image reference from {repository, tag, digest}: "repository@digest" when a di
 
 {{/*
 RBAC rules for the objects the operator manages inside a watched namespace. Used by the ClusterRole in
-cluster-wide mode and by the per-namespace Roles otherwise. Every verb here is one the operator issues:
-server-side apply is a PATCH, which needs "create" as well when the object does not exist yet.
+cluster-wide mode and by the per-namespace Roles otherwise. Every verb here is one the operator issues, as
+tests/integration/test_rbac_audit.py checks against the API server's audit log; the one exception is
+marked. Server-side apply is a PATCH that the API server also authorizes as "create" when the object does
+not exist yet. Children are never deleted by the operator (their ownerReferences let the garbage collector
+remove them with their ModelDeployment); only a ServiceMonitor switched off is.
 */}}
 {{- define "canaria.namespacedRules" -}}
-# ModelDeployments: watched by Kopf; Kopf keeps its progress in annotations (patch).
+# ModelDeployments: read at the start of each pass, listed and watched by Kopf, which keeps its progress
+# in annotations (patch).
 - apiGroups: ["serving.canaria.dev"]
   resources: ["modeldeployments"]
   verbs: ["get", "list", "watch", "patch"]
@@ -89,49 +93,59 @@ server-side apply is a PATCH, which needs "create" as well when the object does 
 - apiGroups: ["serving.canaria.dev"]
   resources: ["modeldeployments/status"]
   verbs: ["patch"]
-# The children it renders: server-side apply (create, patch), removal (delete), and watches for drift.
+# The exception: no request uses it. Children's ownerReferences set blockOwnerDeletion, which clusters with
+# the OwnerReferencesPermissionEnforcement admission plugin (OpenShift, hardened clusters) allow only to
+# users who may update the owner's finalizers.
+- apiGroups: ["serving.canaria.dev"]
+  resources: ["modeldeployments/finalizers"]
+  verbs: ["update"]
+# The children it renders: read in each pass, watched for drift, written by server-side apply.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["services", "configmaps"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+# ServiceMonitors likewise, and deleted when a ModelDeployment switches its ServiceMonitor off.
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-- apiGroups: ["gateway.networking.k8s.io"]
-  resources: ["httproutes"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Serving pods: read only, to report crash loops and packaging failures.
+# Serving pods: listed by label in each pass and watched, to report crash loops and packaging failures.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
-# A model's PersistentVolumeClaim: read only; watched so a ModelDeployment waiting for its claim
-# learns at once when it appears.
+  verbs: ["list", "watch"]
+# A model's PersistentVolumeClaim: read by name to report a missing one; watched so a ModelDeployment
+# waiting for its claim learns at once when it appears.
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["get", "list", "watch"]
-# A model's credentials Secret: read by name only, to report a missing one. Never listed, watched or
-# written.
+# A model's S3 credentials Secret: read by name only, to report a missing one before anything is applied.
+# Never listed, watched or written.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
-# Events on ModelDeployments (the operator's own and Kopf's).
-- apiGroups: ["", "events.k8s.io"]
+# Events on ModelDeployments (the operator's own and Kopf's), through the core API.
+- apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
 {{- end }}
 
 {{/*
-RBAC rules that only exist cluster-wide: Kopf's scanning of CRDs and namespaces, and API discovery.
+RBAC rules that only exist cluster-wide: Kopf's scanning of CRDs (and of namespaces when it watches only
+some), and API discovery.
 */}}
 {{- define "canaria.clusterRules" -}}
+# CRDs: Kopf notices resources installed later; the operator reacts to the ServiceMonitor CRD appearing.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
+{{- if .Values.watchNamespaces }}
+# Namespaces: Kopf follows the watched namespaces being created and deleted.
 - apiGroups: [""]
   resources: ["namespaces"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
+{{- end }}
+# API discovery: Kopf's resource scanning, and whether the ServiceMonitor API is served.
 - nonResourceURLs: ["/api", "/api/*", "/apis", "/apis/*"]
   verbs: ["get"]
 {{- end }}
