@@ -6,7 +6,9 @@ Pillow's bilinear filter, exactly what the image_classifier handler does to a sm
 A fixed, stratified 80/20 split keeps 360 images that training never sees; accuracy is measured on them.
 One thread, deterministic kernels and a seed: the same seed gives the same weights.
 
-    python examples/cifar10/train.py --out examples/cifar10/cifar10_net.pt
+    python examples/cifar10/train.py --out examples/cifar10/cifar10_net.pt [--samples DIR]
+
+--samples DIR also writes the first held-out image of each digit as DIR/<digit>.png, to send to the server.
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "cifar10_net.pt")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--samples", type=Path, help="write the first held-out image of each digit here as PNG")
     args = parser.parse_args(argv)
     model = train(seed=args.seed, epochs=args.epochs)
     held_out = held_out_digits()
@@ -121,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     per_class = " ".join(f"{label}:{value:.2f}" for label, value in enumerate(per_class_accuracy(model, held_out)))
     print(f"saved {args.out}")
     print(f"held-out accuracy {accuracy(model, held_out):.4f} on {len(held_out.labels)} digits; per digit {per_class}")
+    if args.samples:
+        args.samples.mkdir(parents=True, exist_ok=True)
+        samples = first_of_each_class(held_out)
+        for image, label in zip(samples.images, samples.labels, strict=True):
+            Image.fromarray(image).save(args.samples / f"{label}.png")
+        print(f"wrote {args.samples}/0.png ... 9.png (held-out digits)")
     return 0
 
 
