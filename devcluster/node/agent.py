@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
+import ipaddress
 import json
 import logging
 import math
@@ -104,26 +106,31 @@ class Agent:
         """Runs until stop is set, then stops every pod and removes what it created."""
         network.require_cluster_namespace()
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
-        self.remove_leftovers()
+        with open(self.config.state_dir / "agent.lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RuntimeError(f"another node agent runs with state dir {self.config.state_dir}") from None
+            self.remove_leftovers()
+            if self._register(stop):
+                for target in (self._heartbeat, self._watch_pods):
+                    threading.Thread(target=target, name=target.__name__, daemon=True).start()
+                log.info("node %s ready: pods from %s", self.config.name, self.config.pod_cidr)
+                stop.wait()
+            self.shutdown()
+
+    def _register(self, stop: threading.Event) -> bool:
+        """Registers the node, retrying while the API server does not answer; False if stopped meanwhile."""
         delay = 0.5
         while True:
             try:
                 self.register_node()
-                break
+                return True
             except (ApiError, OSError) as err:
                 log.warning("registering node %s failed (retrying in %.1fs): %s", self.config.name, delay, err)
                 if stop.wait(delay):
-                    return
+                    return False
                 delay = min(delay * 2, MAX_WATCH_BACKOFF_S)
-        threads = [
-            threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True),
-            threading.Thread(target=self._watch_pods, name="watch", daemon=True),
-        ]
-        for thread in threads:
-            thread.start()
-        log.info("node %s ready: pods from %s", self.config.name, self.config.pod_cidr)
-        stop.wait()
-        self.shutdown()
 
     def shutdown(self) -> None:
         self.shutdown_at = time.monotonic()
@@ -271,9 +278,17 @@ class Agent:
             if self.workers.get(worker.uid) is worker:
                 del self.workers[worker.uid]
 
-    def allocate_ip(self) -> str:
+    def allocate_ip(self, previous: str | None) -> str:
+        """A free address of the node's podCIDR: the pod's previous one when it is free (a pod keeps its
+        address across an agent restart)."""
         with self.lock:
-            address = network.next_pod_ip(self.config.pod_cidr, self.used_ips, self.last_ip)
+            in_range = previous is not None and ipaddress.ip_address(previous) in ipaddress.ip_network(
+                self.config.pod_cidr
+            )
+            if in_range and previous not in self.used_ips:
+                address = str(previous)
+            else:
+                address = network.next_pod_ip(self.config.pod_cidr, self.used_ips, self.last_ip)
             self.used_ips.add(address)
             self.last_ip = address
             return address
@@ -548,7 +563,7 @@ class PodWorker:
             self._teardown()
 
     def _setup(self) -> None:
-        self.pod_ip = self.agent.allocate_ip()
+        self.pod_ip = self.agent.allocate_ip(self.pod.get("status", {}).get("podIP"))
         self.holds_ip = True
         self.pod_dir.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -735,10 +750,12 @@ class PodWorker:
         if generation != run.generation or run.process is None or run.killing:
             return
         probe = getattr(run.plan.probes, kind)
-        tally = lifecycle.tally(run.tallies[kind], succeeded, probe.success_threshold, probe.failure_threshold)
+        previous = run.tallies[kind]
+        tally = lifecycle.tally(previous, succeeded, probe.success_threshold, probe.failure_threshold)
         run.tallies[kind] = tally
-        if not succeeded:
-            log.info("pod %s: %s probe of %s failed: %s", self.label, kind, run.name, output.strip()[-200:])
+        if tally.result != previous.result or (not succeeded and kind != "readiness"):
+            outcome = "passes" if succeeded else f"fails: {output.strip()[-200:]}"
+            log.info("pod %s: %s probe of %s %s", self.label, kind, run.name, outcome)
         if kind == "startup" and succeeded:
             self._start_probes(run)
         elif kind in ("startup", "liveness") and tally.failures >= probe.failure_threshold:
@@ -765,7 +782,12 @@ class PodWorker:
             return
         metadata = self.pod["metadata"]
         path = f"/api/v1/namespaces/{metadata['namespace']}/pods/{metadata['name']}/status"
-        body = {"metadata": {"uid": self.uid}, "status": status}
+        # podIPs and hostIPs merge by address in a strategic merge patch: replace them instead.
+        patched = dict(status)
+        for key in ("podIPs", "hostIPs"):
+            if key in patched:
+                patched[key] = [*patched[key], {"$patch": "replace"}]
+        body = {"metadata": {"uid": self.uid}, "status": patched}
         try:
             self.agent.kube.request("PATCH", path, body, content_type=STRATEGIC_MERGE_PATCH)
         except (ApiError, OSError) as err:

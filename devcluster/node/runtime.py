@@ -9,6 +9,7 @@ import http.client
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -72,9 +73,13 @@ class MountPoints:
                 self._save()
 
     def remove_all(self) -> None:
-        """Removes what this node created, deepest first, and only what is still an empty mount point."""
+        """Removes what this node created, deepest first: only what is still empty and is no mount point in any
+        mount namespace (removing it would detach a mount of a container another agent still runs)."""
         with self.lock:
+            in_use = mount_points_in_use()
             for path in sorted(self.created, key=lambda item: item.count("/"), reverse=True):
+                if os.path.realpath(path) in in_use:
+                    continue
                 with contextlib.suppress(OSError):
                     item = Path(path)
                     if item.is_dir() and not item.is_symlink():
@@ -106,6 +111,28 @@ def write_volumes(volumes: Sequence[VolumePlan], fs_group: int | None) -> None:
         if fs_group is not None:
             os.chown(directory, -1, fs_group)
             directory.chmod(directory.stat().st_mode | 0o2070)  # setgid: new files belong to the group too
+
+
+def mount_points_in_use() -> set[str]:
+    """The mount points of every mount namespace on this machine."""
+    namespaces: set[int] = set()
+    points: set[str] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            namespace = os.stat(f"/proc/{entry}/ns/mnt").st_ino
+            if namespace in namespaces:
+                continue
+            namespaces.add(namespace)
+            with open(f"/proc/{entry}/mountinfo") as mountinfo:
+                points.update(_unescape(line.split()[4]) for line in mountinfo)
+    return points
+
+
+def _unescape(path: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), path)
 
 
 @dataclass
