@@ -94,8 +94,15 @@ def model_deployments(namespace: str | None, name: str, body: Mapping[str, Any],
     return {(namespace, source[0] if source else None): name}
 
 
+def is_model_claim(namespace: str | None, name: str, model_deployments: kopf.Index, **_: Any) -> bool:
+    """A PVC some ModelDeployment reads from. Kopf cannot select a set of names server-side, so the watch
+    carries every claim of the watched namespaces; this filter keeps other workloads' claims from running
+    (and logging) a handler at all."""
+    return (namespace, name) in model_deployments
+
+
 # Kopf passes indexes (model_deployments) as extra keywords, which its handler protocols do not declare.
-@kopf.on.event("v1", "persistentvolumeclaims")  # type: ignore[arg-type]
+@kopf.on.event("v1", "persistentvolumeclaims", when=is_model_claim)  # type: ignore[arg-type]
 def claim_changed(namespace: str | None, name: str, memo: Any, model_deployments: kopf.Index, **_: Any) -> None:
     """A model's PVC appeared or went away: the ModelDeployments that read from it learn at once."""
     for reader in model_deployments.get((namespace, name), []):
