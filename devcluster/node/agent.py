@@ -529,6 +529,7 @@ class PodWorker:
             self._wait_event()
         if self.stop_reason == "deleted":
             self._terminate(self._grace_s())
+            self._teardown()  # before the pod leaves the API: once it is gone, nothing of it runs
             self._delete()
         elif self.stop_reason == "removed":
             self._terminate(self.removal_grace_s)
