@@ -182,7 +182,7 @@ def main() -> int:
         package(source, store, "builtin", "ts_builtin_cifar.py")
         package(source, store, "canaria-b8", "image_classifier")
         bodies = png_images(64)
-        with running_torchserve(store, ModelSettings("canaria", "1.0"), work / "ts") as server:
+        with running_torchserve(store, ModelSettings("canaria", "1.0"), work / "ts", model_api=True) as server:
             server.wait_until_ready("canaria")
             server.register("builtin.mar")
             server.register("canaria-b8.mar", batch_size=8, max_batch_delay_ms=5)

@@ -23,6 +23,13 @@ CONFIG_HASH_ANNOTATION = f"{schema.GROUP}/config-hash"
 
 INFERENCE_PORT, MANAGEMENT_PORT, METRICS_PORT = 8080, 8081, 8082
 MODEL_STORE = "/home/model-server/model-store"
+# The only places a serving pod writes (emptyDirs; the root filesystem is read-only): TorchServe links or
+# unpacks each archive under java.io.tmpdir (/tmp) and writes its logs to LOG_LOCATION.
+TMP_DIR = "/tmp"
+LOG_DIR = "/home/model-server/logs"
+# TorchServe may register models only from these URL patterns; with the model API off it registers none at
+# run time, and the pattern keeps it so should the API be turned on: nothing outside the model store.
+ALLOWED_URLS = f"file://{MODEL_STORE}/.*"
 CONFIG_DIR = "/etc/canaria"
 PVC_MOUNT = "/mnt/models"
 TORCHSERVE_UID = 1000  # the model-server user of the TorchServe images
@@ -117,7 +124,8 @@ def config_properties(md: Object, model: Object) -> str:
         f"metrics_address=http://0.0.0.0:{METRICS_PORT}",
         "metrics_mode=prometheus",
         "disable_token_authorization=true",  # the management API is loopback-only
-        "enable_model_api=true",
+        "enable_model_api=false",  # no registering or deleting models at run time: the pod serves what it packaged
+        f"allowed_urls={ALLOWED_URLS}",
         f"model_store={MODEL_STORE}",
         f"load_models={name}.mar",
         f"default_response_timeout={serving['responseTimeoutSeconds']}",
@@ -196,19 +204,17 @@ def container_security_context() -> dict[str, Any]:
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
         "runAsNonRoot": True,
+        "readOnlyRootFilesystem": True,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
 
 
-def volume_mounts() -> list[dict[str, Any]]:
-    return [
-        {"name": "model-store", "mountPath": MODEL_STORE},
-        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-    ]
-
-
 def packager_container(md: Object, model: Object, settings: Settings) -> dict[str, Any]:
-    mounts = volume_mounts()
+    mounts = [
+        {"name": "model-store", "mountPath": MODEL_STORE},  # the packager writes the archive here
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": TMP_DIR},
+    ]
     if spec.pvc_source(model):
         mounts.append({"name": "model-source", "mountPath": PVC_MOUNT, "readOnly": True})
     return {
@@ -238,7 +244,12 @@ def torchserve_container(md: Object, model: Object) -> dict[str, Any]:
             {"name": "http", "containerPort": INFERENCE_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
-        "env": serving.get("env") or [],
+        # TorchServe's log4j writes to LOG_LOCATION, else to ./logs on the read-only root filesystem.
+        "env": [
+            {"name": "LOG_LOCATION", "value": LOG_DIR},
+            {"name": "METRICS_LOCATION", "value": LOG_DIR},
+            *(serving.get("env") or []),
+        ],
         "resources": serving["resources"],
         "startupProbe": {**ping, "periodSeconds": 5, "failureThreshold": 120},
         "livenessProbe": {**ping, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6},
@@ -259,22 +270,33 @@ def torchserve_container(md: Object, model: Object) -> dict[str, Any]:
         # Let endpoints drop the pod before TorchServe stops taking requests.
         "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
         "securityContext": container_security_context(),
-        "volumeMounts": volume_mounts(),
+        "volumeMounts": [
+            {"name": "model-store", "mountPath": MODEL_STORE, "readOnly": True},  # serving never alters the model
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": TMP_DIR},
+            {"name": "logs", "mountPath": LOG_DIR},
+        ],
     }
 
 
 def pod_spec(md: Object, track: str, model: Object, settings: Settings) -> dict[str, Any]:
     serving = md["spec"]["serving"]
+    scratch_limit = serving["modelStoreSizeLimit"]
     volumes: list[dict[str, Any]] = [
-        {"name": "model-store", "emptyDir": {}},
+        {"name": "model-store", "emptyDir": {"sizeLimit": scratch_limit}},
         {"name": "config", "configMap": {"name": config_map_name(md, track)}},
+        # A zip archive is unpacked under /tmp: it may hold a model as large as the store.
+        {"name": "tmp", "emptyDir": {"sizeLimit": scratch_limit}},
+        # No limit: TorchServe's log4j rolls its files by size and day but never deletes them, and a full
+        # volume would get the pod evicted.
+        {"name": "logs", "emptyDir": {}},
     ]
     pvc = spec.pvc_source(model)
     if pvc:
         volumes.append({"name": "model-source", "persistentVolumeClaim": {"claimName": pvc[0], "readOnly": True}})
     pod: dict[str, Any] = {
-        # Pods need no API access unless the user gives them an identity (e.g. for a bucket).
-        "automountServiceAccountToken": bool(serving.get("serviceAccountName")),
+        # Serving needs no Kubernetes API; cloud workload identity (IRSA, GKE, Azure) brings its own token.
+        "automountServiceAccountToken": serving["automountServiceAccountToken"],
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": TORCHSERVE_UID,

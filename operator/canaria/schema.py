@@ -25,6 +25,9 @@ MODEL_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"
 # A relative path whose segments are neither empty, "." nor "..": it cannot leave the model's source.
 RELATIVE_PATH_PATTERN = r"^([^/.][^/]*|\.[^/.][^/]*)(/([^/.][^/]*|\.[^/.][^/]*))*$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
 # The one list of Canaria's built-in handlers: the CRD validates spec.model.handler against it and the packager
 # packs model_handlers/<name>.py for each (a test checks that the files and this list agree).
 BUILTIN_HANDLERS = ("image_classifier", "json_tensor")
@@ -133,9 +136,7 @@ def quantity_map(description: str) -> Schema:
         "additionalProperties": {
             "anyOf": [{"type": "integer"}, {"type": "string"}],
             "x-kubernetes-int-or-string": True,
-            "pattern": r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
-            r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)"
-            r"|(\.[0-9]+))))?$",
+            "pattern": QUANTITY_PATTERN,
         },
     }
 
@@ -321,6 +322,20 @@ def serving_schema() -> Schema:
             "serviceAccountName": string(
                 "Service account of the pods (for example one with read access to the model bucket).",
                 pattern=DNS_LABEL_PATTERN,
+            ),
+            "automountServiceAccountToken": boolean(
+                "Mount the service account's Kubernetes API token into the pods. Serving needs no API access, "
+                "and cloud workload identity (EKS IRSA, GKE, Azure) brings its own token: turn this on only "
+                "for code of yours that calls the Kubernetes API.",
+                False,
+            ),
+            "modelStoreSizeLimit": string(
+                "Size limit of each of the pod's scratch volumes: the model store (the downloaded source while "
+                "packaging, then the archive: about twice the model's files) and /tmp (where TorchServe "
+                "unpacks a zip archive). A pod that writes more is evicted.",
+                "10Gi",
+                pattern=QUANTITY_PATTERN,
+                maxLength=64,
             ),
             "imagePullSecrets": array(
                 "Secrets for pulling the images.",

@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.support.torchserve import ModelSettings, Ports, TorchServe, render_config_properties, start_with_config
+from tests.support.torchserve import (
+    ModelSettings,
+    Ports,
+    TorchServe,
+    render_config_properties,
+    start_with_config,
+    with_model_api,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "cifar10"
@@ -62,7 +69,8 @@ def server(cifar10_source: Path, model_store: Path, tmp_path_factory: pytest.Tem
     workdir = tmp_path_factory.mktemp("torchserve")
     ports = Ports()
     rendered = workdir / "rendered.properties"  # what the operator's ConfigMap would hold
-    rendered.write_text(render_config_properties(model_store, CIFAR10, ports))
+    # test_serving registers more archives on this server: its config alone turns the model API on.
+    rendered.write_text(with_model_api(render_config_properties(model_store, CIFAR10, ports)))
     run_packager(*cifar10_args(cifar10_source, model_store), "--config", str(rendered))
     with start_with_config(model_store / "config.properties", model_store, ports, workdir) as running:
         running.wait_until_ready(CIFAR10.name)

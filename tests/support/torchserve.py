@@ -71,6 +71,12 @@ def render_config_properties(model_store: Path, model: ModelSettings, ports: Por
     return on_loopback(render.config_properties(md, md["spec"]["model"]), ports, model_store)
 
 
+def with_model_api(config_properties: str) -> str:
+    """A test's own config: TorchServe's model API on, so that `register` can load more archives of the model
+    store (`allowed_urls` still refuses any other source). The operator's config turns it off."""
+    return config_properties.replace("enable_model_api=false\n", "enable_model_api=true\n")
+
+
 def on_loopback(config_properties: str, ports: Ports, model_store: Path) -> str:
     """A pod's config.properties moved to this machine: loopback addresses, free ports, a local store."""
     local = {
@@ -170,13 +176,19 @@ class TorchServe:
 
 @contextmanager
 def running_torchserve(
-    model_store: Path, model: ModelSettings, workdir: Path, extra_env: dict[str, str] | None = None
+    model_store: Path,
+    model: ModelSettings,
+    workdir: Path,
+    extra_env: dict[str, str] | None = None,
+    model_api: bool = False,
 ) -> Iterator[TorchServe]:
-    """Start TorchServe with the operator-style config for `model`; stop it and all its workers after."""
+    """Start TorchServe with the operator-style config for `model` (with the model API on for `register`
+    if asked); stop it and all its workers after."""
     ports = Ports()
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "config.properties"
-    config.write_text(render_config_properties(model_store, model, ports))
+    rendered = render_config_properties(model_store, model, ports)
+    config.write_text(with_model_api(rendered) if model_api else rendered)
     server = TorchServe(ports=ports, workdir=workdir, model_store=model_store)
     yield from _serve(server, config, extra_env or {})
 

@@ -18,7 +18,7 @@ import kopf
 import pytest
 import yaml
 
-import canaria.handlers  # noqa: F401  (registers the operator's Kopf handlers)
+import canaria.handlers  # also registers the operator's Kopf handlers, which the RBAC checks read
 from canaria import render
 
 ROOT = Path(__file__).resolve().parents[2]

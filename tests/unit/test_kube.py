@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import socket
-
 import kopf
 import pytest
 from kubernetes import client
 
 from canaria import kube
 from canaria.kube import Kube, NamespaceTerminating, Rejected, Unavailable
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])  # nothing listens once the socket is closed
+from tests.support.processes import free_port
 
 
 def test_an_api_server_that_does_not_answer_is_a_temporary_failure():
-    configuration = client.Configuration(host=f"http://127.0.0.1:{closed_port()}")
+    configuration = client.Configuration(host=f"http://127.0.0.1:{free_port()}")
     configuration.retries = 0
     with pytest.raises(Unavailable, match="GET /api/v1/namespaces/ns/pods"):
         Kube(client.ApiClient(configuration)).list("v1", "Pod", "ns", {})

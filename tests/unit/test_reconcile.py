@@ -42,7 +42,7 @@ def test_live_object_with_server_defaults_needs_no_apply(md):
     desired = reconcile.desired_children(md, SETTINGS, True)[1]
     live = live_copy(desired, status={"readyReplicas": 1})
     live["spec"]["template"]["spec"]["dnsPolicy"] = "ClusterFirst"
-    del live["spec"]["template"]["spec"]["containers"][0]["env"]  # the server drops an empty list
+    del live["spec"]["template"]["spec"]["initContainers"][0]["env"]  # the server drops an empty list
     assert reconcile.needs_apply(desired, live) is False
 
 

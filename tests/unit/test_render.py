@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 from canaria import render
 from canaria.render import STABLE, Settings
+from tests.support.processes import free_port
 from tests.unit.conftest import model_deployment
 
 SETTINGS = Settings(packager_image="packager:test")
@@ -20,7 +23,8 @@ def test_config_properties_binds_management_to_loopback_and_sets_security_defaul
     assert props["metrics_address"] == "http://0.0.0.0:8082"
     assert props["metrics_mode"] == "prometheus"
     assert props["disable_token_authorization"] == "true"
-    assert props["enable_model_api"] == "true"
+    assert props["enable_model_api"] == "false"  # nothing in the pod may register a model
+    assert props["allowed_urls"] == "file:///home/model-server/model-store/.*"
     assert props["load_models"] == "cifar10.mar"
 
 
@@ -170,9 +174,35 @@ def test_user_pod_settings_pass_through():
     )
     pod = render.deployment(md, STABLE, md["spec"]["model"], 1, SETTINGS)["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"pool": "cpu"}
-    assert pod["serviceAccountName"] == "reader" and pod["automountServiceAccountToken"] is True
+    assert pod["serviceAccountName"] == "reader"
+    assert pod["automountServiceAccountToken"] is False  # an identity for a bucket is no reason for an API token
     assert pod["tolerations"] == [{"key": "ml", "operator": "Exists"}]
-    assert pod["containers"][0]["env"] == [{"name": "OMP_NUM_THREADS", "value": "1"}]
+    assert pod["containers"][0]["env"][-1] == {"name": "OMP_NUM_THREADS", "value": "1"}
+
+
+def test_the_api_token_is_mounted_only_when_asked_for():
+    md = model_deployment(serving={"serviceAccountName": "reader", "automountServiceAccountToken": True})
+    pod = render.deployment(md, STABLE, md["spec"]["model"], 1, SETTINGS)["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is True
+
+
+def test_root_filesystems_are_read_only_and_every_writable_path_is_a_bounded_scratch_volume():
+    md = model_deployment(model={"storageUri": "pvc://model-files/cifar10"}, serving={"modelStoreSizeLimit": "3Gi"})
+    pod = render.deployment(md, STABLE, md["spec"]["model"], 1, SETTINGS)["spec"]["template"]["spec"]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    for container in pod["initContainers"] + pod["containers"]:
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True, container["name"]
+        for mount in container["volumeMounts"]:
+            if not mount.get("readOnly"):
+                assert "emptyDir" in volumes[mount["name"]], (container["name"], mount)
+    assert volumes["model-store"]["emptyDir"] == {"sizeLimit": "3Gi"}
+    assert volumes["tmp"]["emptyDir"] == {"sizeLimit": "3Gi"}
+    (torchserve,) = pod["containers"]
+    writable = {m["mountPath"] for m in torchserve["volumeMounts"] if not m.get("readOnly")}
+    assert writable == {"/tmp", "/home/model-server/logs"}  # TorchServe never writes the model store
+    env = {e["name"]: e.get("value") for e in torchserve["env"]}
+    assert env["LOG_LOCATION"] == env["METRICS_LOCATION"] == "/home/model-server/logs"
+    assert model_deployment()["spec"]["serving"]["modelStoreSizeLimit"] == "10Gi"
 
 
 def test_service_monitor_scrapes_metrics_with_track_and_version_labels():
@@ -184,6 +214,21 @@ def test_service_monitor_scrapes_metrics_with_track_and_version_labels():
     assert monitor["spec"]["selector"]["matchLabels"].items() <= render.service(md)["metadata"]["labels"].items()
 
 
-def test_config_map_ships_the_readiness_script(md):
-    data = render.config_map(md, STABLE, md["spec"]["model"])["data"]
-    assert "def main" in data["model_ready.py"]
+def test_the_readiness_probe_runs_the_script_the_config_map_ships(md, tmp_path):
+    """The probe's command names a file of the mounted ConfigMap, and that file is a script that fails the
+    probe when TorchServe does not answer (tests/dataplane runs it against a real TorchServe)."""
+    model = md["spec"]["model"]
+    pod = render.deployment(md, STABLE, model, 1, SETTINGS)["spec"]["template"]["spec"]
+    (torchserve,) = pod["containers"]
+    interpreter, script, *args = torchserve["readinessProbe"]["exec"]["command"]
+    (mount,) = [m for m in torchserve["volumeMounts"] if script.startswith(m["mountPath"] + "/")]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    config_map = render.config_map(md, STABLE, model)
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    shipped = tmp_path / "model_ready.py"
+    shipped.write_text(config_map["data"][script.removeprefix(mount["mountPath"] + "/")])
+    assert interpreter == "python3"
+    result = subprocess.run(
+        [sys.executable, str(shipped), *args, f"http://127.0.0.1:{free_port()}"], capture_output=True, text=True
+    )
+    assert result.returncode == 1 and "not described by TorchServe" in result.stdout
