@@ -38,6 +38,16 @@ def remove(flag: str) -> Edit:
     return edit
 
 
+def handler_file(name: str, code: str) -> Edit:
+    """Puts a handler file with this code into the source and packages with it."""
+
+    def edit(args: list[str], source: Path) -> list[str]:
+        (source / name).write_text(code)
+        return replace("--handler", name)(args, source)
+
+    return edit
+
+
 CASES: dict[str, tuple[Edit, str, str]] = {
     "missing source": (
         replace("--source", "/nonexistent/models/cifar10"),
@@ -66,6 +76,16 @@ CASES: dict[str, tuple[Edit, str, str]] = {
         "spec.model.handler",
     ),
     "missing handler file": (replace("--handler", "custom.py"), "handler custom.py: not found", "spec.model.handler"),
+    "handler that fails to import": (
+        handler_file("broken.py", "import a_module_that_is_not_installed\n"),
+        "handler broken.py: fails to import: ModuleNotFoundError: No module named 'a_module_that_is_not_installed'",
+        "spec.model.handler",
+    ),
+    "handler that raises on import": (
+        handler_file("raising.py", "raise RuntimeError('no GPU here')\n"),
+        "handler raising.py: fails to import: RuntimeError: no GPU here",
+        "spec.model.handler",
+    ),
     "no handler": (remove("--handler"), "handler: required unless the source is a prebuilt .mar", "spec.model.handler"),
     "missing extra file": (
         replace("--extra-files", "index_to_name.json,labels.txt"),

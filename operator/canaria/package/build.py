@@ -30,7 +30,7 @@ from .archive import (
 )
 from .digests import labelled
 from .errors import PackagingError, SpecField
-from .handlers import resolve_handler
+from .handlers import check_handler_imports, resolve_handler
 from .optimize import Optimization, optimize
 from .paths import extra_file_entries, resolve_in_source
 from .sources import FetchedModel, fetch
@@ -105,6 +105,11 @@ def _build(
     extras = extra_file_entries(root, list(request.extra_files))
     requirements = _optional_file(root, request.requirements, SpecField.REQUIREMENTS)
     model_config = root / MODEL_CONFIG_NAME if (root / MODEL_CONFIG_NAME).is_file() else None
+    user_handler = next(
+        (e.source for e in handler_entries if isinstance(e.source, Path) and e.source.is_relative_to(root)), None
+    )
+    if user_handler is not None and requirements is None:  # with requirements, TorchServe installs them first
+        check_handler_imports(user_handler, root)
 
     report = None
     if request.optimization.requested:

@@ -8,6 +8,8 @@ Anything else must be a `.py` file in the model's source, optionally with `:func
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from canaria.schema import BUILTIN_HANDLERS
@@ -42,3 +44,39 @@ def resolve_handler(handler: str, root: Path) -> tuple[str, list[Entry]]:
         f"unknown handler: use one of {', '.join(BUILTIN_HANDLERS)} or the path of a .py file in the model's source",
         SpecField.HANDLER,
     )
+
+
+IMPORT_CHECK_TIMEOUT_S = 300  # a handler importing torch on a loaded node takes seconds, not minutes
+# Imports the handler file the way TorchServe does (its directory first on sys.path) and nothing more.
+_IMPORT_CHECK = """
+import importlib.util, sys
+path = sys.argv[1]
+sys.path.insert(0, sys.argv[2])
+spec = importlib.util.spec_from_file_location("handler_under_check", path)
+spec.loader.exec_module(importlib.util.module_from_spec(spec))
+"""
+
+
+def check_handler_imports(handler_file: Path, root: Path) -> None:
+    """Fails packaging when a user's handler cannot be imported, naming the error: otherwise TorchServe's
+    workers die at every start and the pod only ever says "not ready". Run in a child interpreter, so the
+    handler's imports (torch, usually) never load into the packager."""
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", _IMPORT_CHECK, str(handler_file), str(root)],
+            capture_output=True,
+            text=True,
+            cwd=root,
+            timeout=IMPORT_CHECK_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        raise PackagingError(
+            f"handler {handler_file.name}", f"importing it took over {IMPORT_CHECK_TIMEOUT_S}s", SpecField.HANDLER
+        ) from None
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        raise PackagingError(
+            f"handler {handler_file.name}",
+            f"fails to import: {lines[-1] if lines else f'exit code {result.returncode}'}",
+            SpecField.HANDLER,
+        )
