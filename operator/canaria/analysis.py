@@ -120,7 +120,7 @@ class TemplateError(ValueError):
     """A query template that cannot be rendered: the message names the culprit."""
 
 
-PLACEHOLDER = re.compile(r"\{\{\s*(.*?)\s*\}\}")
+PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 
 
 def unknown_variables(template: str) -> list[str]:
