@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from . import NODE_NAME, POD_CIDR
-from .agent import Agent, NodeConfig, machine_facts
+from .agent import Agent, NodeConfig, machine_facts, parse_taints
 from .kube import Kube, load_kubeconfig
 from .network import CLUSTER_ADDRESS, HostNamespaceError, require_cluster_namespace
 
@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--pod-cidr", default=POD_CIDR)
     parser.add_argument("--node-ip", default=CLUSTER_ADDRESS, help="the node's address (default: %(default)s)")
+    parser.add_argument("--register-with-taints", type=parse_taints, default=(), help="key=value:Effect,...")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
@@ -36,7 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda number, frame: stop.set())
     state_dir = args.state_dir.resolve()
-    config = NodeConfig(name=args.node_name, pod_cidr=args.pod_cidr, state_dir=state_dir, host_ip=args.node_ip)
+    config = NodeConfig(
+        name=args.node_name,
+        pod_cidr=args.pod_cidr,
+        state_dir=state_dir,
+        host_ip=args.node_ip,
+        taints=args.register_with_taints,
+    )
     kube = Kube(load_kubeconfig(args.kubeconfig, state_dir / "pki"))
     Agent(kube, config, machine_facts()).run(stop)
     return 0

@@ -47,6 +47,7 @@ class NodeConfig:
     pod_cidr: str
     state_dir: Path
     host_ip: str = network.CLUSTER_ADDRESS  # the node lives in the cluster namespace, at its address
+    taints: tuple[Mapping[str, str], ...] = ()
 
     @property
     def pods_dir(self) -> Path:
@@ -175,7 +176,9 @@ class Agent:
             if recorded and recorded != self.config.pod_cidr:
                 raise RuntimeError(f"node {name} already has podCIDR {recorded}, not {self.config.pod_cidr}")
             wanted = node_object(self.config)
-            patch = {"metadata": {"labels": wanted["metadata"]["labels"]}, "spec": wanted["spec"]}
+            # As kubelet: taints are given at registration only, then they belong to whoever changes them.
+            spec = {key: value for key, value in wanted["spec"].items() if key != "taints"}
+            patch = {"metadata": {"labels": wanted["metadata"]["labels"]}, "spec": spec}
             self.kube.request("PATCH", f"/api/v1/nodes/{name}", patch, content_type=STRATEGIC_MERGE_PATCH)
         self.report_node_status()
         self.renew_lease()
@@ -351,8 +354,20 @@ def node_object(config: NodeConfig) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {"name": config.name, "labels": {"kubernetes.io/hostname": config.name, **NODE_LABELS}},
-        "spec": {"podCIDR": config.pod_cidr, "podCIDRs": [config.pod_cidr]},
+        "spec": {"podCIDR": config.pod_cidr, "podCIDRs": [config.pod_cidr], "taints": [dict(t) for t in config.taints]},
     }
+
+
+def parse_taints(text: str) -> tuple[dict[str, str], ...]:
+    """kubelet's --register-with-taints: `key=value:Effect,key2:Effect`."""
+    taints = []
+    for item in filter(None, text.split(",")):
+        key_value, _, effect = item.rpartition(":")
+        key, _, value = key_value.partition("=")
+        if not key or effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
+            raise ValueError(f"taint {item!r}: expected key[=value]:NoSchedule|PreferNoSchedule|NoExecute")
+        taints.append({"key": key, **({"value": value} if value else {}), "effect": effect})
+    return tuple(taints)
 
 
 def node_status(config: NodeConfig, previous: Iterable[Mapping[str, Any]], moment: dt.datetime) -> dict[str, Any]:
@@ -568,23 +583,27 @@ class PodWorker:
         self.holds_ip = True
         self.pod_dir.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
-        hostname = self.spec.get("hostname") or self.pod["metadata"]["name"]
+        hostname = plan.pod_hostname(self.pod)
         self.sandbox, self.pause = network.create_sandbox(self.pod_ip, hostname, self.logs_dir / "pause.log")
         self._record_process(self.pause.pid)
+        Path(plan.hosts_file(self._context())).write_text(plan.hosts_file_content(self.pod, self._context()))
         offsets = _restart_counts(self.pod)
         pod_plan = self._plan()
         self.init_runs = [ContainerRun(c, True, offsets.get(c.name, 0)) for c in pod_plan.init_containers]
         self.runs = [ContainerRun(c, False, offsets.get(c.name, 0)) for c in pod_plan.containers]
         self._apply_plan(pod_plan)
 
-    def _plan(self) -> plan.PodPlan:
+    def _context(self) -> plan.PodContext:
         assert self.pod_ip is not None
-        context = plan.PodContext(
+        return plan.PodContext(
             node_name=self.agent.config.name,
             pod_ip=self.pod_ip,
             host_ip=self.agent.config.host_ip,
             pod_dir=str(self.pod_dir),
         )
+
+    def _plan(self) -> plan.PodPlan:
+        context = self._context()
         try:
             resolved = self.agent.resolve(self.pod)
         except (ApiError, OSError) as err:

@@ -14,7 +14,6 @@ import sys
 
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWNET = 0x40000000
-MAX_HOSTNAME = 63  # kubelet truncates a pod's hostname to this
 
 
 def main(argv: list[str]) -> int:
@@ -23,7 +22,7 @@ def main(argv: list[str]) -> int:
         errno = ctypes.get_errno()
         print(f"unshare: errno {errno}", file=sys.stderr)
         return 1
-    socket.sethostname(argv[1][:MAX_HOSTNAME].rstrip("-.") if len(argv) > 1 else "pod")
+    socket.sethostname(argv[1])
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     print("ready", flush=True)
     while True:

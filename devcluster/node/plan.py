@@ -19,6 +19,8 @@ from typing import Any
 Object = Mapping[str, Any]
 
 DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+HOSTS_FILE = "/etc/hosts"
+MAX_HOSTNAME = 63  # kubelet truncates a pod's hostname to this
 DEFAULT_VOLUME_FILE_MODE = 0o644  # the API's defaultMode for configMap, secret, downwardAPI and projected
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 POD_TMP = "/tmp"
@@ -449,6 +451,25 @@ def field_value(pod: Object, context: PodContext, field_path: str) -> str:
 # --- containers ------------------------------------------------------------------------------------------
 
 
+def pod_hostname(pod: Object) -> str:
+    """The pod's hostname, as kubelet sets it: spec.hostname, else the pod's name, at most 63 characters."""
+    name = pod.get("spec", {}).get("hostname") or pod.get("metadata", {}).get("name", "pod")
+    return str(name)[:MAX_HOSTNAME].rstrip("-.")
+
+
+def hosts_file(context: PodContext) -> str:
+    return posixpath.join(context.pod_dir, "hosts")
+
+
+def hosts_file_content(pod: Object, context: PodContext) -> str:
+    """The /etc/hosts kubelet gives every pod: localhost, and the pod's own name at its address."""
+    return (
+        "# Kubernetes-managed hosts file (canaria node agent).\n"
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+        f"{context.pod_ip}\t{pod_hostname(pod)}\n"
+    )
+
+
 def container_dir(context: PodContext, name: str) -> str:
     return posixpath.join(context.pod_dir, "containers", name)
 
@@ -589,6 +610,7 @@ def container_mounts(
         mounts.append(Mount(source, volume_mount["mountPath"], read_only))
     termination_path = container.get("terminationMessagePath") or DEFAULT_TERMINATION_MESSAGE_PATH
     mounts.append(Mount(posixpath.join(own_dir, "termination-log"), termination_path))
+    mounts.append(Mount(hosts_file(context), HOSTS_FILE))
     return tuple(sorted(mounts, key=lambda mount: _depth(mount.target))), tuple(mount.source for mount in scratch)
 
 

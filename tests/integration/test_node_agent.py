@@ -28,6 +28,7 @@ from devcluster.podnet import PodNetwork, guard_dial
 from tests.integration.conftest import ROOT, get_json, kubectl, wait_for
 
 pytestmark = pytest.mark.cluster
+TEST_NODE_TAINT = "canaria.dev/node-agent-test=true:NoSchedule"
 
 
 @dataclass
@@ -43,15 +44,8 @@ class AgentNode:
         return (self.state_dir / "agent.log").read_text(errors="replace")
 
 
-@pytest.fixture(scope="module")
-def node(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentNode]:
-    """An agent of this module's own (the cluster's canaria-node-0 may be running too): its own node name, a
-    podCIDR nobody else uses, its own state dir. Stopped at the end, which must leave no process behind."""
-    suffix = uuid.uuid4().hex[:6]
-    name = f"canaria-node-test-{suffix}"
-    pod_cidr = f"10.244.{random.randrange(2, 120)}.0/24"
-    state_dir = tmp_path_factory.mktemp("node")
-    pod_network = cluster.pod_network
+def start_agent(cluster: Cluster, name: str, pod_cidr: str, state_dir: Path) -> AgentNode:
+    """`python -m devcluster.node` inside the pod network, as devcluster's `up` starts canaria-node-0."""
     argv = [
         sys.executable,
         "-m",
@@ -60,31 +54,53 @@ def node(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         f"--node-name={name}",
         f"--state-dir={state_dir}",
         f"--pod-cidr={pod_cidr}",
+        # Pods bound by nodeName only: the scheduler must not send other tests' pods here.
+        f"--register-with-taints={TEST_NODE_TAINT}",
     ]
-    with open(state_dir / "agent.log", "wb") as log:
+    pod_network = cluster.pod_network
+    with open(state_dir / "agent.log", "ab") as log:
         process = subprocess.Popen(
             argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pod_network.preexec()
         )
-    test_node = AgentNode(name, pod_cidr, state_dir, process, pod_network)
+    return AgentNode(name, pod_cidr, state_dir, process, pod_network)
+
+
+def stop_agent(node: AgentNode) -> None:
+    """SIGTERM, as devcluster's `down` stops it: it must exit 0 within its 10 s and leave no process behind."""
+    descendants = _descendants(node.process.pid)
+    node.process.send_signal(signal.SIGTERM)
     try:
-        wait_for(lambda: _node_ready(name) or process.poll() is not None, 30, what=f"node {name} Ready")
-        assert process.poll() is None, test_node.log
+        code = node.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        node.process.kill()
+        code = node.process.wait()
+    left = [pid for pid in descendants if _alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert code == 0, node.log
+    assert not left, f"the agent left processes behind: {left}"
+    assert "Traceback" not in node.log, node.log
+
+
+def unique_node() -> tuple[str, str]:
+    """A node name and a podCIDR nobody else uses (canaria-node-0 has 10.244.1.0/24, kwok 10.244.128.0/17)."""
+    return f"canaria-node-test-{uuid.uuid4().hex[:6]}", f"10.244.{random.randrange(2, 120)}.0/24"
+
+
+@pytest.fixture(scope="module")
+def node(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentNode]:
+    """An agent of this module's own (the cluster's canaria-node-0 may be running too)."""
+    name, pod_cidr = unique_node()
+    test_node = start_agent(cluster, name, pod_cidr, tmp_path_factory.mktemp("node"))
+    try:
+        wait_for(lambda: _node_ready(name) or test_node.process.poll() is not None, 30, what=f"node {name} Ready")
+        assert test_node.process.poll() is None, test_node.log
         yield test_node
     finally:
-        descendants = _descendants(process.pid)
-        process.send_signal(signal.SIGTERM)
         try:
-            code = process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            code = process.wait()
-        kubectl("delete", "node", name, "--ignore-not-found", "--wait=false")
-        left = [pid for pid in descendants if _alive(pid)]
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
-        assert code == 0, test_node.log
-        assert not left, f"the agent left processes behind: {left}"
-        assert "Traceback" not in test_node.log, test_node.log
+            stop_agent(test_node)
+        finally:
+            kubectl("delete", "node", name, "--ignore-not-found", "--wait=false")
 
 
 def _node_ready(name: str) -> bool:
@@ -171,6 +187,7 @@ def test_the_node_is_registered_like_a_kubelet_registers_it(node: AgentNode) -> 
     assert body["metadata"]["labels"]["canaria.dev/node"] == "local"
     assert body["metadata"]["labels"]["kubernetes.io/hostname"] == node.name
     assert body["status"]["capacity"] == {"cpu": "2", "memory": "16Gi", "pods": "32"}
+    assert body["spec"]["taints"] == [{"key": "canaria.dev/node-agent-test", "value": "true", "effect": "NoSchedule"}]
     lease = get_json("-n", "kube-node-lease", "lease", node.name)
     assert lease["spec"]["holderIdentity"] == node.name
     assert healthy(node.state_dir)
@@ -379,3 +396,40 @@ def test_deleting_a_pod_stops_every_process_and_removes_its_network(node: AgentN
     ).stdout
     assert interface not in links
     assert not list((node.state_dir / "pods").glob(f"{body['metadata']['uid']}*"))
+
+
+def test_a_new_agent_kills_what_a_killed_agent_left_behind(cluster: Cluster, namespace: str, tmp_path: Path) -> None:
+    name, pod_cidr = unique_node()
+    first = start_agent(cluster, name, pod_cidr, tmp_path)
+    second = None
+    try:
+        wait_for(lambda: _node_ready(name), 30, what=f"node {name} Ready")
+        sleeper = {"name": "main", "image": "python:3.11", "command": ["sleep", "600"]}
+        run_pod(first, namespace, "survivor", {"containers": [sleeper], "terminationGracePeriodSeconds": 1})
+        wait_for(lambda: pod(namespace, "survivor")["status"].get("phase") == "Running", 20, what="Running")
+        before = pod(namespace, "survivor")["status"]
+        main_pid = int(before["containerStatuses"][0]["containerID"].removeprefix("canaria-node://"))
+        orphans = {pid: _start_time(pid) for pid in network.processes_in_namespace(network.net_ns_inode(main_pid))}
+        assert len(orphans) == 2  # pause and sleep
+
+        first.process.kill()  # no chance to clean up
+        first.process.wait()
+        assert all(_alive(pid) for pid in orphans)
+
+        second = start_agent(cluster, name, pod_cidr, tmp_path)
+        wait_for(lambda: not any(_alive(pid) and _start_time(pid) == start for pid, start in orphans.items()), 20)
+
+        def running_again() -> dict[str, Any] | None:
+            status = pod(namespace, "survivor")["status"]
+            container_id = status["containerStatuses"][0].get("containerID")
+            running = "running" in status["containerStatuses"][0]["state"]
+            return status if running and container_id != before["containerStatuses"][0]["containerID"] else None
+
+        after = wait_for(running_again, 30, what="the pod running again under the new agent")
+        assert after["podIP"] == before["podIP"]
+    finally:
+        if second is not None:
+            stop_agent(second)
+        elif first.process.poll() is None:
+            stop_agent(first)
+        kubectl("delete", "node", name, "--ignore-not-found", "--wait=false")

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from devcluster.node import network, plan
+from devcluster.node import agent, network, plan
 from devcluster.node.plan import Exec, HttpGet, Mount, Sleep, TcpSocket
 
 MACHINE = plan.Machine(path="/venv/bin:/jdk/bin:/usr/bin", java_home="/jdk", honour_run_as=True)
@@ -227,10 +227,18 @@ def test_mounts_put_each_path_where_the_command_expects_it_parents_first() -> No
         Mount("/state/p1/volumes/config", "/etc/canaria", read_only=True),
         Mount("/state/p1/volumes/store/part", "/data/sub"),
         Mount(f"{own}/termination-log", "/dev/msg"),
+        Mount("/state/p1/hosts", "/etc/hosts"),
         Mount("/state/p1/volumes/store", "/home/model-server/model-store"),
     )
     assert set(planned.scratch_dirs) == {f"{own}/tmp", f"{own}/rootfs/home/model-server"}
     assert planned.termination_message_file == f"{own}/termination-log"
+
+
+def test_every_container_gets_the_pods_hosts_file() -> None:
+    body = pod(container(), hostname="a" * 70)
+    assert plan.pod_hostname(body) == "a" * 63
+    assert plan.pod_hostname(pod(container())) == "web-1"
+    assert plan.hosts_file_content(pod(container()), CONTEXT).splitlines()[-1] == "10.244.1.7\tweb-1"
 
 
 def test_mount_points_under_an_earlier_mount_live_in_its_source() -> None:
@@ -321,3 +329,13 @@ def test_pod_addresses_come_round_robin_from_the_pod_cidr() -> None:
         network.next_pod_ip("10.244.1.0/30", {"10.244.1.1", "10.244.1.2"})
     assert network.interface_name("10.244.1.7") == "cn0af40107"
     assert len(network.interface_name("10.244.255.255")) <= 15
+
+
+def test_taints_are_written_as_kubelet_reads_them() -> None:
+    assert agent.parse_taints("a=b:NoSchedule,c:NoExecute") == (
+        {"key": "a", "value": "b", "effect": "NoSchedule"},
+        {"key": "c", "effect": "NoExecute"},
+    )
+    assert agent.parse_taints("") == ()
+    with pytest.raises(ValueError, match="expected key"):
+        agent.parse_taints("a=b:Sometimes")
