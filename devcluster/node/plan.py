@@ -492,6 +492,8 @@ def plan_container(
         fallback_to_logs=container.get("terminationMessagePolicy") == "FallbackToLogsOnError",
     )
     try:
+        if container.get("restartPolicy") == "Always":
+            raise PlanError("restartable init containers (sidecars) are not supported by this node")
         env = container_env(container, pod, context, resolved, machine, image)
         argv = container_argv(container, image, env)
         mounts, scratch = container_mounts(container, context, image, volumes)

@@ -292,6 +292,11 @@ def test_probes_and_hooks_resolve_named_ports_and_default_to_the_pod_ip() -> Non
     assert planned.pre_stop == Sleep(5)
 
 
+def test_sidecar_init_containers_are_refused_not_run_as_plain_init_containers() -> None:
+    body = pod(container(), initContainers=[container(name="proxy", restartPolicy="Always")])
+    assert "sidecars" in plan_of(body).init_containers[0].error
+
+
 @pytest.mark.parametrize(
     "probe",
     [{"httpGet": {"port": "metrics"}}, {"grpc": {"port": 9000}}],
