@@ -18,10 +18,11 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from canaria import schema
+from canaria import __version__, schema
 from canaria.spec import Object
 
 FIELD_MANAGER = "canaria"
+USER_AGENT = f"canaria-operator/{__version__}"  # names the operator's own requests in the API server's audit log
 DISCOVERY_TTL_SECONDS = 30
 
 # (apiVersion, kind) -> plural, for every kind the operator reads or writes. All are namespaced.
@@ -65,6 +66,7 @@ def object_path(obj: Object) -> str:
 class Kube:
     def __init__(self, api_client: client.ApiClient | None = None) -> None:
         self.api = api_client or new_api_client()
+        self.api.user_agent = USER_AGENT
         self._discovery: dict[tuple[str, str], tuple[bool, float]] = {}
 
     def request(

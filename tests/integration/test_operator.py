@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 
-from tests.integration.conftest import apply, condition, get_json, kubectl, patch_md, wait_for
+from canaria import handlers, kube, reconcile
+from tests.integration.conftest import LOGS, apply, condition, get_json, kubectl, patch_md, wait_for
 from tests.support.manifests import example_model_deployment
+from tests.support.processes import free_port
 
 pytestmark = pytest.mark.cluster
+AUDIT_LOG = LOGS / "audit.log"  # the devcluster's API server logs every request's metadata there
 
 
 def ready(namespace: str, name: str = "cifar10", timeout: str = "60s") -> dict:
@@ -184,12 +188,106 @@ def test_rejected_child_is_reported_not_retried_hot(operator, namespace):
     message = condition(md, "Ready")["message"]
     assert condition(md, "Ready")["reason"] == "Rejected"
     assert "tolerations[0].operator" in message and "Sometimes" in message
-    time.sleep(2)  # Kopf records the handled spec in an annotation right after the first pass
-    version = get_json("-n", namespace, "md/cifar10")["metadata"]["resourceVersion"]
-    time.sleep(5)
-    assert get_json("-n", namespace, "md/cifar10")["metadata"]["resourceVersion"] == version, (
-        "the operator keeps rewriting the status of a rejected object"
+    # Kopf considers its handler done (it retries failed handlers only while their progress annotation is
+    # there)...
+    annotations = wait_for(
+        lambda: (
+            (a := get_json("-n", namespace, "md/cifar10")["metadata"].get("annotations", {}))
+            and "serving.canaria.dev/last-handled-configuration" in a
+            and a
+        ),
+        what="Kopf to record the handled spec",
     )
+    assert "serving.canaria.dev/model_deployment_changed" not in annotations
+    # ...and the operator sends nothing more about it: a window that would hold three of its retries.
+    window = 1 + sum(reconcile.retry_delay(failures) for failures in (1, 2, 3))
+    assert operator_requests_during(namespace, window) == []
+
+
+def test_a_temporary_api_failure_during_a_child_event_is_retried(operator, namespace):
+    apply(namespace, example_model_deployment())
+    ready(namespace)
+    # Every create or update of a Service in this namespace fails with 500, as from an API server in
+    # trouble: a validating webhook that nothing answers, with failurePolicy Fail.
+    webhook = unanswered_webhook(namespace, "services")
+    kubectl("apply", "-f", "-", input=json.dumps(webhook))
+    try:
+        dry_run = ["create", "service", "clusterip", "probe", "--tcp=80", "-n", namespace, "--dry-run=server"]
+        wait_for(
+            lambda: "failed calling webhook" in kubectl(*dry_run, check=False).stderr,
+            what="the webhook to take effect",
+        )
+        since = AUDIT_LOG.stat().st_size
+        kubectl("delete", "-n", namespace, "service", "cifar10")  # a child event: Kopf never retries its handler
+        wait_for(
+            lambda: any(
+                event["verb"] == "patch" and event["responseStatus"]["code"] == 500
+                for event in operator_requests(namespace, since)
+                if event["objectRef"].get("resource") == "services"
+            ),
+            what="the operator's apply of the Service to fail with 500",
+        )
+    finally:
+        kubectl("delete", "validatingwebhookconfiguration", webhook["metadata"]["name"])
+    # Nothing else happens to the object now: only the operator's retry recreates the Service. The window is
+    # the longest back-off, far shorter than the periodic resync that used to be the only way out.
+    assert reconcile.RETRY_MAX_SECONDS < handlers.RESYNC_SECONDS / 2
+    wait_for(
+        lambda: kubectl("get", "-n", namespace, "service", "cifar10", check=False).returncode == 0,
+        timeout=reconcile.RETRY_MAX_SECONDS + 5,
+        what="the retry to recreate the Service",
+    )
+
+
+def unanswered_webhook(namespace: str, resource: str) -> dict:
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": f"{namespace}-unavailable"},
+        "webhooks": [
+            {
+                "name": "unavailable.canaria.test",
+                "clientConfig": {"url": f"https://127.0.0.1:{free_port()}/"},  # nothing listens there
+                "rules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE", "UPDATE"],
+                        "resources": [resource],
+                        "scope": "Namespaced",
+                    }
+                ],
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                "failurePolicy": "Fail",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 2,
+            }
+        ],
+    }
+
+
+def operator_requests(namespace: str, since: int) -> list[dict]:
+    """What the operator (its own client, or Kopf's) asked the API server about objects of `namespace`, as
+    the audit log recorded it from byte offset `since` on; watches left out."""
+    with AUDIT_LOG.open("rb") as log:
+        log.seek(since)
+        lines = log.read().decode(errors="replace").splitlines()
+    events = [json.loads(line) for line in lines if line.strip()]
+    return [
+        event
+        for event in events
+        if event.get("stage") == "ResponseComplete"
+        and event.get("verb") != "watch"
+        and (event.get("objectRef") or {}).get("namespace") == namespace
+        and event.get("userAgent", "").startswith((kube.USER_AGENT, "kopf/"))
+    ]
+
+
+def operator_requests_during(namespace: str, seconds: float) -> list[str]:
+    since = AUDIT_LOG.stat().st_size
+    time.sleep(seconds)
+    return [f"{event['verb']} {event['requestURI']}" for event in operator_requests(namespace, since)]
 
 
 def test_switching_the_service_monitor_off_deletes_it(operator, namespace):
@@ -202,3 +300,21 @@ def test_switching_the_service_monitor_off_deletes_it(operator, namespace):
     )
     md = get_json("-n", namespace, "md/cifar10")
     assert condition(md, "ServiceMonitorReady")["reason"] == "Disabled"
+
+
+def test_scaled_to_zero_is_ready_and_not_available(operator, namespace):
+    apply(namespace, example_model_deployment())
+    ready(namespace)
+    patch_md(namespace, {"serving": {"replicas": 0}})
+    md = wait_for(
+        lambda: (m := get_json("-n", namespace, "md/cifar10"))["status"].get("phase") == "ScaledToZero" and m,
+        what="phase ScaledToZero",
+    )
+    assert md["status"]["ready"] == "0/0" and md["status"]["stableVersion"] == "1.0"
+    assert condition(md, "Ready")["status"] == "True" and condition(md, "Ready")["reason"] == "ScaledToZero"
+    assert condition(md, "Available")["status"] == "False" and condition(md, "Available")["reason"] == "ScaledToZero"
+    wait_for(
+        lambda: not get_json("-n", namespace, "pods", "-l", "serving.canaria.dev/model-deployment=cifar10")["items"],
+        what="the pods to go",
+    )
+    ready(namespace)  # kubectl wait --for=condition=Ready returns for a scaled-to-zero model
