@@ -2,9 +2,10 @@
 
 In order: join the pod's network and UTS namespaces (held by its pause process), unshare a private mount
 namespace (/ made rprivate, so nothing propagates back to the host), bind-mount each source onto its target
-(read-only ones remounted ro), chdir, drop to the container's user if it has one, and exec the command with
-the container's environment. Any failure before exec is written to the status pipe (the agent reports it as
-StartError) and ends this process with code 128; a successful exec closes the pipe with nothing written.
+(read-only ones remounted ro), remount / read-only there under readOnlyRootFilesystem, chdir, drop to the
+container's user if it has one, and exec the command with the container's environment. Any failure
+before exec is written to the status pipe (the agent reports it as StartError) and ends this process with
+code 128; a successful exec closes the pipe with nothing written.
 
 Run by its file path (standard library only), so a container starts without importing the devcluster package.
 """
@@ -63,6 +64,8 @@ def start(plan: dict[str, Any]) -> None:
         if mount["read_only"]:
             _mount(None, mount["target"], MS_REMOUNT | MS_BIND | MS_RDONLY)
         os.close(fd)
+    if plan["read_only_root"]:  # this namespace's / only; last, since a bind mount inherits its source's ro
+        _mount(None, "/", MS_REMOUNT | MS_BIND | MS_RDONLY)
     os.chdir(plan["workdir"])
     run_as = plan.get("run_as")
     if run_as:

@@ -219,6 +219,7 @@ class ContainerPlan:
     mounts: tuple[Mount, ...] = ()
     scratch_dirs: tuple[str, ...] = ()  # host dirs emptied before each start (the container's writable layer)
     run_as: RunAs | None = None
+    read_only_root: bool = False  # securityContext.readOnlyRootFilesystem: / is remounted read-only
     termination_message_file: str = ""  # host path of the file mounted at terminationMessagePath
     fallback_to_logs: bool = False
     probes: Probes = Probes()
@@ -511,6 +512,7 @@ def plan_container(
             mounts=mounts,
             scratch_dirs=scratch,
             run_as=run_as(pod, container) if machine.honour_run_as else None,
+            read_only_root=read_only_root(container),
             probes=probes,
             pre_stop=handler_action(pre_stop, container, context) if pre_stop else None,
         )
@@ -591,15 +593,21 @@ def container_argv(container: Object, image: Image, env: Mapping[str, str]) -> t
     return tuple(expand(arg, env) for arg in argv)
 
 
+def read_only_root(container: Object) -> bool:
+    return bool((container.get("securityContext") or {}).get("readOnlyRootFilesystem"))
+
+
 def container_mounts(
     container: Object, context: PodContext, image: Image, volumes: Mapping[str, VolumePlan]
 ) -> tuple[tuple[Mount, ...], tuple[str, ...]]:
     """The container's bind mounts, parents before children: its private writable dirs and /tmp, its volumes,
     and its termination-message file. Also returns the private dirs (emptied before each start)."""
     own_dir = container_dir(context, container["name"])
-    scratch = [Mount(posixpath.join(own_dir, "rootfs", path.strip("/")), path) for path in image.writable_dirs] + [
-        Mount(posixpath.join(own_dir, "tmp"), POD_TMP)
-    ]
+    # Part of the image's filesystem: read-only too under readOnlyRootFilesystem.
+    read_only = read_only_root(container)
+    scratch = [
+        Mount(posixpath.join(own_dir, "rootfs", path.strip("/")), path, read_only) for path in image.writable_dirs
+    ] + [Mount(posixpath.join(own_dir, "tmp"), POD_TMP, read_only)]
     mounts = list(scratch)
     for volume_mount in container.get("volumeMounts") or []:
         volume = volumes.get(volume_mount["name"])

@@ -192,6 +192,7 @@ def _launch_spec(plan: ContainerPlan, sandbox: network.Sandbox, status_fd: int) 
             {"source": mount.source, "target": mount.target, "read_only": mount.read_only} for mount in plan.mounts
         ],
         "workdir": plan.workdir,
+        "read_only_root": plan.read_only_root,
         "run_as": _run_as(plan.run_as),
         "argv": list(plan.argv),
         "env": dict(plan.env),

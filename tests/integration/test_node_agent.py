@@ -291,7 +291,7 @@ def test_a_failing_liveness_probe_restarts_the_container(node: AgentNode, namesp
     assert status["lastState"]["terminated"]["exitCode"] == 143  # SIGTERM ends `sleep`
 
 
-def test_config_maps_secrets_env_empty_dirs_and_claims_are_visible(
+def test_config_maps_secrets_env_empty_dirs_and_claims_on_a_read_only_root(
     node: AgentNode, namespace: str, tmp_path: Path
 ) -> None:
     (tmp_path / "model.txt").write_text("weights\n")
@@ -327,13 +327,15 @@ def test_config_maps_secrets_env_empty_dirs_and_claims_are_visible(
     report = (
         '{ cat /etc/canaria/ts.properties; echo; stat -c %a /etc/creds/key; echo "$FROM_CONFIG $FROM_SECRET $WHO";'
         " echo scratch > /scratch/f && cat /scratch/f; cat /mnt/models/model.txt;"
-        " touch /mnt/models/new 2>/dev/null || echo read-only; pwd; } > /dev/termination-log"
+        " touch /mnt/models/new 2>/dev/null || echo read-only; pwd; touch /var/x 2>/dev/null || echo root-read-only;"
+        " } > /dev/termination-log"
     )
     container = {
         "name": "main",
         "image": "python:3.11",
         "command": ["sh", "-c", report],
         "workingDir": "/scratch",
+        "securityContext": {"readOnlyRootFilesystem": True},
         "env": [
             {"name": "FROM_CONFIG", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "ts.properties"}}},
             {"name": "FROM_SECRET", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "key"}}},
@@ -358,15 +360,8 @@ def test_config_maps_secrets_env_empty_dirs_and_claims_are_visible(
         run_pod(node, namespace, "volumes", {"containers": [container], "volumes": volumes, "restartPolicy": "Never"})
         wait_for(lambda: pod(namespace, "volumes")["status"].get("phase") == "Succeeded", 30, what="Succeeded")
         message = pod(namespace, "volumes")["status"]["containerStatuses"][0]["state"]["terminated"]["message"]
-        assert message.splitlines() == [
-            "a=1",
-            "400",
-            "a=1 s3cret volumes",
-            "scratch",
-            "weights",
-            "read-only",
-            "/scratch",
-        ]
+        lines = ["a=1", "400", "a=1 s3cret volumes", "scratch", "weights", "read-only", "/scratch", "root-read-only"]
+        assert message.splitlines() == lines
         assert sorted(os.listdir(tmp_path)) == ["model.txt"]
     finally:
         kubectl("delete", "pv", volume_name, "--wait=false", "--ignore-not-found")

@@ -234,6 +234,15 @@ def test_mounts_put_each_path_where_the_command_expects_it_parents_first() -> No
     assert planned.termination_message_file == f"{own}/termination-log"
 
 
+def test_a_read_only_root_filesystem_keeps_the_image_dirs_read_only_too() -> None:
+    body = container(image="pytorch/torchserve:0.12.0-cpu", securityContext={"readOnlyRootFilesystem": True})
+    planned = plan_of(pod(body)).containers[0]
+    assert planned.read_only_root
+    scratch = [mount for mount in planned.mounts if mount.source in planned.scratch_dirs]
+    assert [(mount.target, mount.read_only) for mount in scratch] == [("/tmp", True), ("/home/model-server", True)]
+    assert not plan_of(pod(container())).containers[0].read_only_root
+
+
 def test_every_container_gets_the_pods_hosts_file() -> None:
     body = pod(container(), hostname="a" * 70)
     assert plan.pod_hostname(body) == "a" * 63
