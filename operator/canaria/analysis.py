@@ -373,6 +373,13 @@ def judge(metric: Mapping[str, Any], data: CheckData, too_few_requests: str | No
     return result(Outcome.PASS, Verdict.PASS, f"{value:g} is {threshold}")
 
 
+def checks_of(analysis: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """spec.rollout.analysis.metrics. The CRD defaults them with the whole analysis object only: an analysis
+    written without metrics has none."""
+    metrics: list[Mapping[str, Any]] = analysis.get("metrics", [])
+    return metrics
+
+
 def assess(measurements: Measurements, analysis: Mapping[str, Any]) -> Assessment:
     """The interval's verdict from its measurements and spec.rollout.analysis (defaulted)."""
     no_data = Verdict(analysis["noData"])
@@ -388,7 +395,7 @@ def assess(measurements: Measurements, analysis: Mapping[str, Any]) -> Assessmen
     by_name = {data.name: data for data in measurements.checks}
     checks = tuple(
         judge(metric, by_name[metric["name"]], too_few, no_data)
-        for metric in analysis["metrics"]
+        for metric in checks_of(analysis)
         if metric["name"] in by_name
     )
     counted = {check.counted for check in checks}

@@ -72,7 +72,7 @@ from enum import StrEnum
 from fractions import Fraction
 from typing import Any
 
-from canaria.analysis import Assessment, Verdict, duration_seconds
+from canaria.analysis import Assessment, Verdict, checks_of, duration_seconds
 
 Object = dict[str, Any]
 
@@ -292,7 +292,7 @@ def _bake_end(spec: Object, state: State) -> datetime.datetime | None:
 
 def _next_analysis_at(spec: Object, state: State) -> datetime.datetime | None:
     bake_end = _bake_end(spec, state)
-    if bake_end is None or not spec["rollout"]["analysis"]["metrics"]:
+    if bake_end is None or not checks_of(spec["rollout"]["analysis"]):
         return None
     base = _at(state.last_analysis_at or state.bake_started_at or "")
     due = base + datetime.timedelta(seconds=duration_seconds(spec["rollout"]["analysis"]["interval"]))
@@ -300,9 +300,10 @@ def _next_analysis_at(spec: Object, state: State) -> datetime.datetime | None:
 
 
 def analysis_due(spec: Object, state: Object, now: datetime.datetime) -> bool:
-    """Whether this pass should query Prometheus for decide() (a canary known not Ready is not queried)."""
+    """Whether this pass should query Prometheus for decide(): an analysis of the step is due by the clock.
+    (decide() uses it only if the step's canary pods are all Ready.)"""
     current = State.from_dict(state)
-    if current.phase not in (Phase.PROGRESSING, Phase.WAITING) or current.reason == NOT_READY:
+    if current.phase not in (Phase.PROGRESSING, Phase.WAITING):
         return False
     due = _next_analysis_at(spec, current)
     return due is not None and _at(_iso(now)) >= due
@@ -501,7 +502,7 @@ class _Pass:
                 f"takes {step.weight}% of requests ({self.effective(state)}% effective) for "
                 f"{step.pause_s:g}s",
             )
-        metrics = self.rollout["analysis"]["metrics"]
+        metrics = checks_of(self.rollout["analysis"])
         if metrics and self.analysis_due and self.observation.analysis is not None:
             state = self.record(state, self.observation.analysis)
             limit = self.rollout["analysis"]["failureLimit"]
