@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -603,12 +603,13 @@ class PodWorker:
         )
 
     def _plan(self) -> plan.PodPlan:
-        context = self._context()
         try:
             resolved = self.agent.resolve(self.pod)
         except (ApiError, OSError) as err:
-            return plan.PodPlan((), (), (), volume_error=f"could not read the pod's references: {err}")
-        return plan.plan_pod(self.pod, context, resolved, self.agent.machine)
+            # Planned all the same (every container gets its run), held back as a volume error until it reads.
+            pod_plan = plan.plan_pod(self.pod, self._context(), plan.Resolved(), self.agent.machine)
+            return replace(pod_plan, volume_error=f"could not read the pod's references: {err}")
+        return plan.plan_pod(self.pod, self._context(), resolved, self.agent.machine)
 
     def _apply_plan(self, pod_plan: plan.PodPlan) -> None:
         """Takes a new plan: its volumes are written once they can all be made; a container's new plan is used
@@ -661,14 +662,16 @@ class PodWorker:
         }
         log_file = self.logs_dir / run.name / f"{run.generation - 1}.log"
         launch_file = self.pod_dir / "containers" / run.name / "launch.json"
-        started_at = now()
-        started = runtime.start_container(run.plan, self.sandbox, log_file, launch_file, self.agent.mount_points)
-        run.started_at = started_at
+        run.started_at = now()
+        try:
+            started = runtime.start_container(run.plan, self.sandbox, log_file, launch_file, self.agent.mount_points)
+        except (OSError, subprocess.SubprocessError) as err:  # e.g. a mount point that cannot be made
+            self._start_failed(run, f"preparing the container: {err}")
+            return
         run.last_pid = started.process.pid
         if started.error:
             started.process.wait()
-            run.exits.append(podstatus.Exit(128, now(), started_at, started.error, start_error=True))
-            self._schedule_restart(run, 128)
+            self._start_failed(run, started.error)
             return
         run.process = started.process
         self._record_process(started.process.pid)
@@ -681,6 +684,12 @@ class PodWorker:
             self._probe_loop(run, "startup", probes.startup)
         else:
             self._start_probes(run)
+
+    def _start_failed(self, run: ContainerRun, message: str) -> None:
+        log.warning("pod %s: container %s did not start: %s", self.label, run.name, message)
+        run.exits.append(podstatus.Exit(128, now(), run.started_at, message, start_error=True))
+        del run.exits[:-2]
+        self._schedule_restart(run, 128)
 
     def _start_probes(self, run: ContainerRun) -> None:
         for kind in ("liveness", "readiness"):

@@ -252,6 +252,15 @@ def test_a_crashing_container_restarts_with_back_off(node: AgentNode, namespace:
     assert pod(namespace, "crash")["status"]["phase"] == "Running"
 
 
+def test_a_command_that_cannot_start_is_a_start_error(node: AgentNode, namespace: str) -> None:
+    missing = {"name": "main", "image": "python:3.11", "command": ["no-such-program"]}
+    run_pod(node, namespace, "missing", {"containers": [missing], "restartPolicy": "Never"})
+    wait_for(lambda: pod(namespace, "missing")["status"].get("phase") == "Failed", 20, what="pod Failed")
+    terminated = pod(namespace, "missing")["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert (terminated["exitCode"], terminated["reason"]) == (128, "StartError")
+    assert terminated["message"] == "exec 'no-such-program': No such file or directory"
+
+
 def test_exec_readiness_probes_run_inside_the_container(node: AgentNode, namespace: str) -> None:
     # The file appears only in the container's own /tmp: a probe run anywhere else would never see it.
     late = {
