@@ -8,9 +8,11 @@ import ipaddress
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -179,6 +181,45 @@ def test_the_agent_refuses_to_run_in_the_hosts_network_namespace(cluster: Cluste
     assert result.returncode == 2
     assert "host's network namespace" in result.stderr
     assert not (tmp_path / "pods").exists()
+
+
+def test_the_launcher_mounts_privately_and_drops_to_the_container_user() -> None:
+    """launch.py alone (the cluster is not needed): a bind mount seen only by the container, a user of its own.
+    It joins the test's own network and UTS namespaces, which changes nothing."""
+    work = Path(tempfile.mkdtemp(prefix="canaria-launch-", dir="/tmp"))  # searchable by the container's user
+    try:
+        work.chmod(0o755)
+        (work / "source").mkdir()
+        (work / "source" / "file").write_text("inside\n")
+        (work / "target").mkdir()
+        read_end, write_end = os.pipe()
+        plan = {
+            "netns": "/proc/thread-self/ns/net",
+            "utsns": "/proc/thread-self/ns/uts",
+            "mounts": [{"source": str(work / "source"), "target": str(work / "target"), "read_only": False}],
+            "workdir": str(work),
+            "read_only_root": False,
+            "run_as": {"uid": 65534, "gid": 65534, "groups": []},
+            "argv": ["sh", "-c", "id -u; id -g; cat target/file; touch target/new 2>/dev/null || echo denied"],
+            "env": {"PATH": "/usr/bin:/bin"},
+            "status_fd": write_end,
+        }
+        (work / "launch.json").write_text(json.dumps(plan))
+        launcher = Path(network.__file__).with_name("launch.py")
+        result = subprocess.run(
+            [sys.executable, str(launcher), str(work / "launch.json")],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            pass_fds=(write_end,),
+        )
+        os.close(write_end)
+        with os.fdopen(read_end) as status:
+            assert status.read() == ""  # exec'd: nothing written to the status pipe
+        assert (result.returncode, result.stdout) == (0, "65534\n65534\ninside\ndenied\n"), result.stderr
+        assert os.listdir(work / "target") == []  # the host never saw the mount
+    finally:
+        shutil.rmtree(work)
 
 
 def test_the_node_is_registered_like_a_kubelet_registers_it(node: AgentNode) -> None:
