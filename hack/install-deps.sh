@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
-# System packages that `make test` and `make demo` need beyond Python and Go: Java 17 for TorchServe and
-# Debian's prometheus for the full-loop tests. Installs what is missing with apt-get (as root), or says
-# exactly what to install.
+# System packages that `make test` and `make demo` need beyond Python and Go: Java 17 for TorchServe
+# (Prometheus is built from its Go module by devcluster/build.sh). Installs what is missing with apt-get (as
+# root), or says exactly what to install.
 set -euo pipefail
 
 missing=()
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
-command -v prometheus >/dev/null || missing+=(prometheus)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
