@@ -1,6 +1,7 @@
 # Canaria's developer entry points. `make demo` and `make test` are the two README commands.
 SHELL := /bin/bash
 VENV ?= .venv
+EXTRAS ?= serving dev examples
 PY := $(VENV)/bin/python
 export KUBECONFIG := $(CURDIR)/.devcluster/kubeconfig
 export PATH := $(CURDIR)/.devcluster/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
@@ -10,10 +11,10 @@ export PATH := $(CURDIR)/.devcluster/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
 
-$(VENV)/.installed: pyproject.toml
+# Exactly the versions in uv.lock (--locked: fails if pyproject.toml changed without `uv lock`).
+$(VENV)/.installed: pyproject.toml uv.lock
 	@command -v uv >/dev/null || python3 -m pip install --quiet uv
-	uv venv --quiet --allow-existing --python python3.11 $(VENV)
-	VIRTUAL_ENV=$(VENV) uv pip install --quiet -e '.[serving,dev,examples]'
+	UV_PROJECT_ENVIRONMENT=$(VENV) uv sync --quiet --locked --python python3.11 $(addprefix --extra ,$(EXTRAS))
 	touch $@
 
 venv: $(VENV)/.installed ## Python environment with the operator, TorchServe and the dev tools
