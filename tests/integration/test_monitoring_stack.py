@@ -66,7 +66,7 @@ def stack(cluster: Cluster) -> Iterator[Stack]:
     layout = cluster.layout
     admin = _admin(cluster)
     ports: dict[str, int] = json.loads(layout.cluster_file.read_text())["ports"]
-    if all(name in ports for name in monitoring.PORT_NAMES):
+    if all(name in ports for name in monitoring.PORT_NAMES) and monitoring.prometheus_ready(ports):
         yield Stack(Prometheus(monitoring.url(ports)), layout, admin)
         return
     ports.update({name: procs.free_port() for name in monitoring.PORT_NAMES})
@@ -153,21 +153,25 @@ def test_canarias_service_monitor_makes_the_pod_a_target(stack: Stack, namespace
     assert stack.prometheus.wait_for_value(f'up{{namespace="{namespace}"}}', lambda value: value == 1) == 1
 
 
-def test_prometheus_runs_exactly_what_the_operator_generated(stack: Stack) -> None:
-    running = yaml.safe_load(stack.prometheus.config())
-    generated = _generated_config(stack.admin)
-    assert [job["job_name"] for job in running["scrape_configs"]] == [
-        job["job_name"] for job in generated["scrape_configs"]
-    ]
+def test_prometheus_runs_exactly_what_the_operator_generated(stack: Stack, namespace: str) -> None:
+    (monitor,) = (body for body in _rendered_with_a_metrics_process(namespace) if body["kind"] == "ServiceMonitor")
+    _apply(namespace, monitor)
+
+    def job_names(config: dict[str, Any]) -> list[str]:
+        return [job["job_name"] for job in config.get("scrape_configs") or []]
+
+    def running_as_generated() -> dict[str, Any] | None:
+        running: dict[str, Any] = yaml.safe_load(stack.prometheus.config())
+        generated = job_names(_generated_config(stack.admin))
+        ours = f"serviceMonitor/{namespace}/cifar10/0" in generated
+        return running if ours and job_names(running) == generated else None
+
+    running = wait_for(running_as_generated, timeout=60, what="Prometheus to run the jobs the operator generated")
+    kubeconfig = str(monitoring.monitoring_files(stack.layout).kubeconfig)
     for job in running["scrape_configs"]:
         assert "static_configs" not in job, f"{job['job_name']} has targets nobody discovered"
-        assert [sd["kubeconfig_file"] for sd in job["kubernetes_sd_configs"]] == [
-            str(monitoring.monitoring_files(stack.layout).kubeconfig)
-        ] * len(job["kubernetes_sd_configs"])
-    assert running["global"]["external_labels"] == {
-        "prometheus": f"{NAMESPACE}/{NAME}",
-        "prometheus_replica": POD_NAME,
-    }
+        assert {sd["kubeconfig_file"] for sd in job["kubernetes_sd_configs"]} == {kubeconfig}
+    assert running["global"]["external_labels"] == {"prometheus": f"{NAMESPACE}/{NAME}", "prometheus_replica": POD_NAME}
 
 
 def _rule(name: str, expression: str) -> dict[str, Any]:
