@@ -68,7 +68,6 @@ PROMETHEUS_PORT = 9090
 # Host loopback ports, in the cluster's ports: the operator's web server (/healthz, /metrics), and the forward
 # to Prometheus' HTTP API.
 PORT_NAMES = ("prometheus-operator", "prometheus")
-COMPONENTS = ("prometheus-operator", "prometheus-sync", "prometheus")  # start order
 OPERATOR_ACCOUNT = "prometheus-operator"  # named as in the operator's example/rbac at v0.93.0
 # kwok's fake node (devcluster/cluster.py): the StatefulSet's pod goes there and never runs.
 FAKE_NODE_SELECTOR = {"type": "kwok"}
@@ -139,17 +138,16 @@ def operator_rbac() -> list[dict[str, Any]]:
 
 def prometheus_rbac() -> list[dict[str, Any]]:
     """Prometheus' ServiceAccount and ClusterRole, as the operator's example/rbac/prometheus at v0.93.0."""
-    objects = _cluster_role(
+    return _cluster_role(
         PROMETHEUS_ACCOUNT,
         [
             _rule([""], ["nodes", "nodes/metrics", "services", "endpoints", "pods"], ["get", "list", "watch"]),
             _rule([""], ["configmaps"], ["get"]),
             _rule(["discovery.k8s.io"], ["endpointslices"], ["get", "list", "watch"]),
             _rule(["networking.k8s.io"], ["ingresses"], ["get", "list", "watch"]),
+            {"nonResourceURLs": ["/metrics"], "verbs": ["get"]},
         ],
     )
-    objects[1]["rules"].append({"nonResourceURLs": ["/metrics"], "verbs": ["get"]})
-    return objects
 
 
 def prometheus_object(version: str) -> dict[str, Any]:
@@ -389,7 +387,7 @@ def sync_forever(client: ApiClient, admin_kubeconfig: Mapping[str, Any], local: 
             if generated is not None and write_files(pod_files(generated, admin_kubeconfig, local), local):
                 log.info("wrote the configuration the operator generated")
                 reload_pending = True
-        except (OSError, ConfigError, ValueError) as err:
+        except (OSError, ConfigError, ValueError, yaml.YAMLError) as err:
             log.error("cannot sync the generated configuration: %s", err)
         if reload_pending:
             reload_pending = not _reload(reload_url)
