@@ -12,19 +12,26 @@ import pytest
 from canaria import handlers
 
 
-def most_at_once(executor: ThreadPoolExecutor, tasks: int) -> int:
-    """Submit `tasks` blocking calls, the way Kopf runs a synchronous handler; return the peak concurrency."""
-    lock, running, peak = threading.Lock(), [0], [0]
+def most_at_once(executor: ThreadPoolExecutor, tasks: int, expected: int) -> int:
+    """Submit `tasks` blocking calls, the way Kopf runs a synchronous handler, hold them until `expected` run
+    (or 10 s pass) and a moment longer; return the peak concurrency."""
+    lock, release, running, peak = threading.Lock(), threading.Event(), [0], [0]
 
     def blocking_pass() -> None:
         with lock:
             running[0] += 1
             peak[0] = max(peak[0], running[0])
-        time.sleep(0.2)
+        release.wait(30)
         with lock:
             running[0] -= 1
 
-    for future in [executor.submit(blocking_pass) for _ in range(tasks)]:
+    futures = [executor.submit(blocking_pass) for _ in range(tasks)]
+    deadline = time.monotonic() + 10
+    while running[0] < expected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # room for a thread beyond the limit to start
+    release.set()
+    for future in futures:
         future.result(timeout=30)
     return peak[0]
 
@@ -36,7 +43,7 @@ def test_canaria_workers_is_the_number_of_passes_that_run_at_once(workers):
     executor = settings.execution.executor
     assert isinstance(executor, ThreadPoolExecutor)
     try:
-        assert most_at_once(executor, workers + 5) == workers
+        assert most_at_once(executor, workers + 5, workers) == workers
     finally:
         executor.shutdown()
 
