@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.manifests import on_fake_node
+
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "serving.canaria.dev_modeldeployments.yaml"
 LOGS = ROOT / ".devcluster" / "logs"
@@ -62,10 +64,13 @@ def crd_installed(cluster: Any) -> None:
 class Operator:
     """`python -m canaria run` in a subprocess, logging to .devcluster/logs/operator-test.log."""
 
-    def __init__(self, kubeconfig: Path | None = None, log_name: str = "operator-test.log") -> None:
+    def __init__(
+        self, kubeconfig: Path | None = None, log_name: str = "operator-test.log", namespaces: str = "t-*"
+    ) -> None:
         self.process: subprocess.Popen[bytes] | None = None
         self.kubeconfig = kubeconfig  # default: $KUBECONFIG (the session cluster)
         self.log_path = LOGS / log_name
+        self.namespaces = namespaces
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,7 +79,7 @@ class Operator:
         if self.kubeconfig:
             env["KUBECONFIG"] = str(self.kubeconfig)
         # Only this suite's namespaces: another operator (the demo's, a benchmark's) may share the cluster.
-        command = [sys.executable, "-m", "canaria", "run", "--namespace", "t-*"]
+        command = [sys.executable, "-m", "canaria", "run", "--namespace", self.namespaces]
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
 
     def stop(self) -> None:
@@ -116,8 +121,15 @@ def patch_md(namespace: str, spec: dict[str, Any], name: str = "cifar10") -> Non
 
 
 def apply(namespace: str, body: dict[str, Any]) -> None:
-    kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(body))
+    """Applies body; a ModelDeployment's pods go to the fake node (this tier tests the control plane; tests/e2e
+    runs pods that serve)."""
+    kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(on_fake_node(body)))
 
 
 def condition(md: dict[str, Any], type_: str) -> dict[str, Any]:
     return next((c for c in md.get("status", {}).get("conditions", []) if c["type"] == type_), {})
+
+
+def apply_manifest(text: str) -> None:
+    """`kubectl apply` of YAML text as written (no placement on the fake node)."""
+    kubectl("apply", "-f", "-", input=text)

@@ -1,4 +1,5 @@
-"""A real HTTP server on loopback that serves a directory, for http(s) sources."""
+"""A real HTTP server that serves a directory, for http(s) sources: on loopback, or inside the devcluster's pod
+network (at its gateway address, which every pod reaches) for pods that really run."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from devcluster.podnet import GATEWAY_IP, PodNetwork
+
 
 class _QuietHandler(SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
@@ -16,14 +19,19 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 
 
 @contextmanager
-def serving_directory(directory: Path) -> Iterator[str]:
-    """Serve `directory` over HTTP on a free loopback port; yields the base URL."""
+def serving_directory(directory: Path, network: PodNetwork | None = None) -> Iterator[str]:
+    """Serve `directory` over HTTP on a free port, of loopback or (given the pod network) of the pod network's
+    gateway address; yields the base URL."""
     handler = functools.partial(_QuietHandler, directory=str(directory))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    if network is None:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    else:
+        with network.enter():  # the listening socket belongs to the namespace; so do the connections it accepts
+            server = ThreadingHTTPServer((GATEWAY_IP, 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"http://{server.server_address[0]}:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from devcluster.podnet import GATEWAY_IP, PodNetwork
+
 ACCESS_KEY = "canaria-test"
 SECRET_KEY = "canaria-test-secret"  # moto accepts any credentials
 REGION = "us-east-1"
@@ -50,13 +52,19 @@ class S3Server:
 
 
 @contextmanager
-def running_s3() -> Iterator[S3Server]:
+def running_s3(network: PodNetwork | None = None) -> Iterator[S3Server]:
+    """moto's S3 on loopback, or (given the pod network) on its gateway address, where pods reach it. Only
+    clients inside the namespace can reach the latter: use S3Server.client() within network.enter()."""
     try:
         from moto.server import ThreadedMotoServer
     except ImportError as error:  # a missing dev dependency must fail the test, not skip it
         raise RuntimeError("the S3 tests need moto[server] (pip install 'moto[server]')") from error
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
+    server = ThreadedMotoServer(ip_address="127.0.0.1" if network is None else GATEWAY_IP, port=0, verbose=False)
+    if network is None:
+        server.start()
+    else:
+        with network.enter():  # the server thread starts, and binds, inside the namespace
+            server.start()
     try:
         host, port = server.get_host_and_port()
         yield S3Server(endpoint=f"http://{host}:{port}")
