@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -23,12 +24,15 @@ from typing import Any
 
 import yaml
 
-from . import components, pki, procs
+from . import components, gateway, monitoring, node, pki, podnet, procs
 from .api import ApiClient, probe, wait_until
-from .layout import BINARIES, COMPONENTS, PORT_NAMES, Layout, Settings
+from .layout import ADDON_BINARIES, ADDONS, BINARIES, COMPONENTS, PORT_NAMES, Layout, Settings
 
 NODE_NAME = "kwok-node-0"
 NODE_CAPACITY = {"cpu": "256", "memory": "2Ti", "pods": "500"}  # room for the 200-object benchmark
+# kwok's node is tainted so that pods run on the node agent's real node by default; load benchmarks and
+# control-plane tests tolerate this taint to get fake pods (tests/support/manifests.py: on_fake_node).
+FAKE_NODE_TAINT = {"key": components.KWOK_NODE_ANNOTATION, "value": "fake", "effect": "NoSchedule"}
 CRD_ESTABLISHED_TIMEOUT_S = 60
 
 log = logging.getLogger("devcluster")
@@ -107,6 +111,14 @@ class Cluster:
             "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
         }
 
+    @property
+    def pod_network(self) -> podnet.PodNetwork:
+        """The pod network namespace: enter it to reach pod addresses (never dial them from the host)."""
+        pid = procs.recorded_pid(procs.RunFiles(self.layout.run_dir, "podnet"))
+        if pid is None:
+            raise DevclusterError("podnet", "the pod network's holder process is not running", fix="`make cluster`")
+        return podnet.PodNetwork(pid)
+
 
 def stop(layout: Layout) -> None:
     """Stops every process recorded under the state dir and removes the state (keeping `bin`)."""
@@ -116,7 +128,7 @@ def stop(layout: Layout) -> None:
 
 def status(layout: Layout) -> dict[str, Any]:
     """Each component's pid (None when not running) and whether the API server answers /readyz."""
-    pids = {name: procs.recorded_pid(procs.RunFiles(layout.run_dir, name)) for name in COMPONENTS}
+    pids = {name: procs.recorded_pid(procs.RunFiles(layout.run_dir, name)) for name in (*COMPONENTS, *ADDONS)}
     cluster = _attach(layout)
     return {"server": cluster.server if cluster else None, "ready": cluster is not None, "pids": pids}
 
@@ -135,7 +147,8 @@ def _attach(layout: Layout) -> Cluster | None:
         recorded = json.loads(layout.cluster_file.read_text())
     except (OSError, ValueError):
         return None
-    all_running = all(procs.recorded_pid(procs.RunFiles(layout.run_dir, name)) for name in COMPONENTS)
+    started = recorded.get("components", COMPONENTS)
+    all_running = all(procs.recorded_pid(procs.RunFiles(layout.run_dir, name)) for name in started)
     if not all_running or not probe(recorded["server"] + "/readyz", _admin_client(layout, recorded["server"])):
         return None
     return Cluster(layout=layout, server=recorded["server"], started_here=False)
@@ -197,7 +210,7 @@ class _Starter:
         return cluster
 
     def _check_prerequisites(self) -> None:
-        for name in BINARIES:
+        for name in (*BINARIES, *(ADDON_BINARIES if self.settings.install_crds else ())):
             if not os.access(self.layout.binary(name), os.X_OK):
                 raise DevclusterError(
                     name,
@@ -209,8 +222,8 @@ class _Starter:
         if self.settings.install_crds and not self.layout.crd_files:
             raise DevclusterError(
                 "crds",
-                f"no CRD fixtures in {self.layout.fixtures_dir / 'crds'}",
-                fix="set CANARIA_FIXTURES to the shared fixtures directory",
+                f"no CRD files in {self.layout.crd_dir}",
+                fix="generate them with `make tools` (bash devcluster/build.sh)",
             )
 
     def _start_all(self) -> Cluster:
@@ -220,6 +233,17 @@ class _Starter:
         pki_files = pki.generate(layout.pki_dir)
         _write_kubeconfigs(layout, pki_files, server)
         admin = _admin_client(layout, server)
+
+        self._launch("podnet", podnet_argv(layout), port=None)
+        self._await_healthy("podnet", lambda: podnet.READY_MARK in _text(layout.log("podnet")))
+        network = podnet.PodNetwork(self.processes["podnet"].pid)
+        # Inside the pod network, the API server answers at the same address as on the host.
+        api = f"127.0.0.1:{ports['kube-apiserver']}"
+        forwards = [podnet.Forward.parse(f"{podnet.INSIDE}:{api}={podnet.HOST}:{api}")]
+        if self.settings.install_crds:  # the host's way in to Prometheus and the Gateway
+            forwards += monitoring.host_forwards(ports) + gateway.host_forwards(ports)
+        self._launch("podnet-forward", forward_argv(layout, network, forwards), port=None)
+        self._await_healthy("podnet-forward", lambda: podnet.READY_MARK in _text(layout.log("podnet-forward")))
 
         self._launch("etcd", components.etcd(layout, ports), ports["etcd"])
         self._await_healthy("etcd", self._http_ok(ports["etcd"], "/health"))
@@ -239,9 +263,13 @@ class _Starter:
         self._await_healthy("kube-controller-manager", self._https_ok(ports["kube-controller-manager"]))
         self._await_healthy("kube-scheduler", self._https_ok(ports["kube-scheduler"]))
         self._await_healthy("kwok", self._http_ok(ports["kwok"], "/healthz"))
+        self._launch("node-agent", node.argv(layout), port=None, preexec=network.preexec())
 
         self._wait("kwok", f"node {NODE_NAME} did not become Ready and untainted", lambda: _node_ready(admin))
         self._progress(f"node {NODE_NAME} Ready")
+        self._await_healthy("node-agent", lambda: node.healthy(node.state_dir(layout)))
+        self._wait("node-agent", f"node {node.NODE_NAME} did not become Ready", lambda: _ready(admin, node.NODE_NAME))
+        self._progress(f"node {node.NODE_NAME} Ready (pods run here by default)")
         self._wait(
             "kube-controller-manager",
             "the default ServiceAccount was not created",
@@ -249,8 +277,28 @@ class _Starter:
         )
         if crd_apply is not None:
             self._finish_crds(crd_apply, admin)
-        layout.cluster_file.write_text(json.dumps({"server": server, "ports": ports}, indent=2) + "\n")
+            self._start_addons(ports, admin, network)
+        started = [name for name in (*COMPONENTS, *ADDONS) if name in self.processes]
+        record = {"server": server, "ports": ports, "components": started}
+        layout.cluster_file.write_text(json.dumps(record, indent=2) + "\n")
         return Cluster(layout=layout, server=server, started_here=True, _children=self.children)
+
+    def _start_addons(self, ports: dict[str, int], admin: ApiClient, network: podnet.PodNetwork) -> None:
+        """What serves the third-party CRDs: the Prometheus Operator and the Prometheus it configures, and Traefik
+        as the Gateway. The Gateway and the first Prometheus configuration come up in parallel."""
+        layout = self.layout
+        monitoring.bootstrap(admin, layout)
+        gateway.bootstrap(admin)
+        self._launch("traefik", gateway.traefik_argv(layout), None, network.preexec(), gateway.traefik_env(layout))
+        operator_port = ports["prometheus-operator"]
+        self._launch("prometheus-operator", monitoring.operator_argv(layout, ports), operator_port, None,
+                     monitoring.operator_env(layout))  # fmt: skip
+        self._await_healthy("prometheus-operator", lambda: monitoring.operator_healthy(ports))
+        self._launch("prometheus-sync", monitoring.sync_argv(layout, ports), None)
+        self._await_healthy("prometheus-sync", lambda: monitoring.config_written(layout))
+        self._launch("prometheus", monitoring.prometheus_argv(layout), None, network.preexec())
+        self._await_healthy("prometheus", lambda: monitoring.prometheus_ready(ports))
+        self._await_healthy("traefik", lambda: gateway.programmed(admin))
 
     def _ports(self) -> dict[str, int]:
         ports = {name: self.settings.ports.get(name) or procs.free_port() for name in PORT_NAMES}
@@ -258,15 +306,24 @@ class _Starter:
             return self._ports()
         return ports
 
-    def _launch(self, name: str, argv: list[str], port: int) -> None:
+    def _launch(
+        self,
+        name: str,
+        argv: list[str],
+        port: int | None,
+        preexec: Callable[[], None] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """Starts one component (inside the pod network when preexec says so), after checking its port."""
         log = self.layout.log(name)
-        if procs.port_in_use(port):
+        if port is not None and procs.port_in_use(port):
             raise DevclusterError(name, f"port 127.0.0.1:{port} is already in use", log)
-        env = None
+        # PYTHONPATH: the Python components run as `python -m devcluster.*`.
+        env = {**(env or os.environ), "PYTHONPATH": str(self.layout.root)}
         if name == "kwok":
             self.layout.kwok_home.mkdir(parents=True, exist_ok=True)
-            env = {**os.environ, "HOME": str(self.layout.kwok_home)}
-        process = procs.start(argv, log, procs.RunFiles(self.layout.run_dir, name), env=env)
+            env["HOME"] = str(self.layout.kwok_home)
+        process = procs.start(argv, log, procs.RunFiles(self.layout.run_dir, name), env=env, preexec=preexec)
         self.children.append(process)
         self.processes[name] = process
 
@@ -299,7 +356,7 @@ class _Starter:
         return lambda: probe(f"https://127.0.0.1:{port}/healthz")
 
     def _begin_crd_apply(self) -> subprocess.Popen:
-        """`kubectl apply --server-side` of the fixture CRDs, in the background (a helper, not a component)."""
+        """`kubectl apply --server-side` of the third-party CRDs, in the background (a helper, not a component)."""
         files = self.layout.crd_files
         argv = [
             str(self.layout.binary("kubectl")),
@@ -320,12 +377,12 @@ class _Starter:
             code = apply.wait(timeout=CRD_ESTABLISHED_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             apply.kill()
-            raise DevclusterError("crds", "`kubectl apply` of the fixture CRDs hung", crd_log) from None
+            raise DevclusterError("crds", "`kubectl apply` of the third-party CRDs hung", crd_log) from None
         if code != 0:
-            raise DevclusterError("crds", f"`kubectl apply` of the fixture CRDs exited with code {code}", crd_log)
+            raise DevclusterError("crds", f"`kubectl apply` of the third-party CRDs exited with code {code}", crd_log)
         names = [name for path in self.layout.crd_files for name in _crd_names(path)]
-        self._wait("crds", "fixture CRDs were not Established", lambda: all(_established(admin, n) for n in names))
-        self._progress(f"{len(names)} fixture CRDs Established")
+        self._wait("crds", "third-party CRDs were not Established", lambda: all(_established(admin, n) for n in names))
+        self._progress(f"{len(names)} third-party CRDs Established")
 
 
 def _exit_cause(log: Path, code: int | None) -> str:
@@ -336,8 +393,29 @@ def _exit_cause(log: Path, code: int | None) -> str:
     return f"exited with code {code}" + (f": {last[:200]}" if last else "")
 
 
+def podnet_argv(layout: Layout) -> list[str]:
+    # --state-dir only names the cluster in process listings.
+    return [sys.executable, "-m", "devcluster.podnet", "hold", f"--state-dir={layout.state_dir}"]
+
+
+def forward_argv(layout: Layout, network: podnet.PodNetwork, forwards: list[podnet.Forward]) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "devcluster.podnet",
+        "forward",
+        f"--state-dir={layout.state_dir}",
+        f"--holder-pid={network.holder_pid}",
+        *(f"--forward={forward}" for forward in forwards),
+    ]
+
+
+def _text(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
 def _fake_node() -> dict[str, Any]:
-    """The one kwok node: plenty of room, no taint, so plain Deployments schedule onto it."""
+    """The kwok node: plenty of room for fake pods, tainted so only pods that ask for it land there."""
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -354,18 +432,21 @@ def _fake_node() -> dict[str, Any]:
                 "kubernetes.io/arch": "amd64",
             },
         },
-        "spec": {},
+        "spec": {"podCIDR": podnet.FAKE_NODE_POD_CIDR, "taints": [FAKE_NODE_TAINT]},
         "status": {"allocatable": dict(NODE_CAPACITY), "capacity": dict(NODE_CAPACITY)},
     }
 
 
 def _node_ready(client: ApiClient) -> bool:
-    code, node = client.get(f"/api/v1/nodes/{NODE_NAME}")
-    if code != 200:
-        return False
-    conditions = node.get("status", {}).get("conditions", [])
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-    return ready and not node.get("spec", {}).get("taints")
+    code, fake = client.get(f"/api/v1/nodes/{NODE_NAME}")
+    # Ready, and the lifecycle controller's not-ready taints gone.
+    return code == 200 and _ready(client, NODE_NAME) and fake.get("spec", {}).get("taints") == [FAKE_NODE_TAINT]
+
+
+def _ready(client: ApiClient, node_name: str) -> bool:
+    code, found = client.get(f"/api/v1/nodes/{node_name}")
+    conditions = found.get("status", {}).get("conditions", []) if code == 200 else []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def _established(client: ApiClient, crd_name: str) -> bool:
@@ -375,8 +456,11 @@ def _established(client: ApiClient, crd_name: str) -> bool:
 
 
 def _crd_names(path: Path) -> list[str]:
+    # BaseLoader: every scalar a string. The CRDs' schemas hold values such as `=` that the safe loader refuses,
+    # and only the names are needed here. The C loader when present: these files run to thousands of lines.
+    loader = getattr(yaml, "CBaseLoader", yaml.BaseLoader)
     with open(path) as stream:
-        documents = list(yaml.safe_load_all(stream))
+        documents = list(yaml.load_all(stream, Loader=loader))
     return [doc["metadata"]["name"] for doc in documents if doc and doc.get("kind") == "CustomResourceDefinition"]
 
 

@@ -8,11 +8,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 STATE_DIR_NAME = ".devcluster"
-FIXTURES_ENV = "CANARIA_FIXTURES"
 
-# Start order; `down` stops in reverse.
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
-BINARIES = (*COMPONENTS, "kubectl")
+# The Go binaries of the control plane, in start order.
+CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+BINARIES = (*CONTROL_PLANE, "kubectl")
+# Every process a running cluster has, in start order: the pod network namespace's holder first, then the
+# control plane, then what lives in the pod network (devcluster/podnet.py, devcluster/node/).
+COMPONENTS = ("podnet", *CONTROL_PLANE, "podnet-forward", "node-agent")
+# What serves the third-party CRDs (devcluster/monitoring.py, devcluster/gateway.py): started with them.
+ADDONS = ("prometheus-operator", "prometheus-sync", "prometheus", "traefik")
+ADDON_BINARIES = ("prometheus", "prometheus-operator", "traefik")
 
 # The ports a cluster listens on, all on 127.0.0.1. Any of them can be fixed through Settings.ports.
 PORT_NAMES = (
@@ -22,6 +27,9 @@ PORT_NAMES = (
     "kube-controller-manager",
     "kube-scheduler",
     "kwok",
+    "prometheus-operator",  # its health endpoint
+    "prometheus",  # the host's forward to Prometheus' HTTP API
+    "gateway",  # the host's forward to the Gateway (Traefik)
 )
 
 
@@ -32,8 +40,7 @@ class Settings:
     state_dir: Path | None = None  # default: <root>/.devcluster
     bin_dir: Path | None = None  # default: <state_dir>/bin (the symlink build.sh maintains)
     ports: Mapping[str, int] = field(default_factory=dict)  # fixed ports by PORT_NAMES entry; others free
-    fixtures_dir: Path | None = None  # default: $CANARIA_FIXTURES or <root>/../shared/fixtures
-    install_crds: bool = True
+    install_crds: bool = True  # the third-party CRDs build.sh generated (Layout.crd_files)
     component_timeout_s: float = 60.0
 
 
@@ -44,19 +51,16 @@ class Layout:
     root: Path
     state_dir: Path
     bin_dir: Path
-    fixtures_dir: Path
 
     @classmethod
     def resolve(cls, root: Path, settings: Settings) -> Layout:
         root = root.resolve()
         state_dir = (settings.state_dir or root / STATE_DIR_NAME).resolve()
-        fixtures = settings.fixtures_dir or Path(os.environ.get(FIXTURES_ENV) or root.parent / "shared" / "fixtures")
         return cls(
             root=root,
             state_dir=state_dir,
             # Not resolved: `.devcluster/bin` is a symlink into the build cache and shows up in messages.
             bin_dir=Path(os.path.abspath(settings.bin_dir or state_dir / "bin")),
-            fixtures_dir=fixtures.resolve(),
         )
 
     def binary(self, name: str) -> Path:
@@ -68,8 +72,14 @@ class Layout:
         return self.bin_dir / "kwok-stages.yaml"
 
     @property
+    def crd_dir(self) -> Path:
+        """The third-party CRDs, written by build.sh from the pinned modules that serve them: the Prometheus
+        Operator's (monitoring.coreos.com) and the Gateway API's standard channel."""
+        return self.bin_dir / "crds"
+
+    @property
     def crd_files(self) -> list[Path]:
-        return sorted((self.fixtures_dir / "crds").glob("*.yaml"))
+        return sorted(self.crd_dir.glob("*.yaml"))
 
     @property
     def pki_dir(self) -> Path:
@@ -115,6 +125,11 @@ class Layout:
         return self.component_kubeconfigs_dir / f"{name}.kubeconfig"
 
     @property
+    def node_dir(self) -> Path:
+        """The node agent's state: one directory per pod (volumes, logs, termination messages)."""
+        return self.state_dir / "node"
+
+    @property
     def cluster_file(self) -> Path:
         """The running cluster's address and ports, written once `up` succeeded."""
         return self.state_dir / "cluster.json"
@@ -129,6 +144,7 @@ class Layout:
             self.run_dir,
             self.etcd_data_dir,
             self.kwok_home,
+            self.node_dir,
             self.kubeconfig,
             self.component_kubeconfigs_dir,
             self.cluster_file,

@@ -19,13 +19,12 @@ from ..layout import Layout
 
 NODE_NAME = "canaria-node-0"
 POD_CIDR = "10.244.1.0/24"
-STATE_DIR_NAME = "node"
 HEALTHZ_FILE = "healthz"
 HEALTHZ_MAX_AGE_S = 30.0  # three Lease renewals
 
 
 def state_dir(layout: Layout) -> Path:
-    return layout.state_dir / STATE_DIR_NAME
+    return layout.node_dir
 
 
 def argv(
