@@ -9,6 +9,7 @@ them; the CRD stays (Helm never deletes crds/, and other tests share it).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -28,13 +29,18 @@ import pytest
 import yaml
 
 from tests.integration.conftest import apply, get_json, kubectl, wait_for
-from tests.support.manifests import example_model_deployment
+from tests.support.manifests import FAKE_NODE_SELECTOR, FAKE_NODE_TOLERATION, example_model_deployment
 
 pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "canaria"
 CRD_NAME = "modeldeployments.serving.canaria.dev"
+
+
+# kwok's node is tainted (devcluster): the operator's pod goes there, to be faked Ready; nothing runs it.
+ON_FAKE_NODE = ["--set-json", f"tolerations=[{json.dumps(FAKE_NODE_TOLERATION)}]", "--set-json",
+                f"nodeSelector={json.dumps(FAKE_NODE_SELECTOR)}"]  # fmt: skip
 
 
 def helm(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -96,8 +102,9 @@ class Release:
         return deployment
 
 
-@pytest.fixture
-def release(cluster: Any) -> Iterator[Release]:
+@contextlib.contextmanager
+def new_release() -> Iterator[Release]:
+    """A release name and namespace of its own; uninstalled, with every namespace it created, afterwards."""
     suffix = uuid.uuid4().hex[:6]
     # The release name contains "canaria", so it is also the name of every object (cluster-scoped ones too).
     made = Release(name=f"canaria-it-{suffix}", namespace=f"canaria-chart-{suffix}", suffix=suffix)
@@ -108,6 +115,12 @@ def release(cluster: Any) -> Iterator[Release]:
         helm("uninstall", made.name, "--namespace", made.namespace, "--wait", check=False)
         for namespace in made.namespaces:
             kubectl("delete", "namespace", namespace, "--ignore-not-found", "--wait=false", check=False)
+
+
+@pytest.fixture
+def release(cluster: Any) -> Iterator[Release]:
+    with new_release() as made:
+        yield made
 
 
 def container_env(deployment: dict[str, Any]) -> dict[str, str]:
@@ -123,6 +136,7 @@ def test_install_upgrade_uninstall(release: Release) -> None:
         "--namespace",
         release.namespace,
         "--create-namespace",
+        *ON_FAKE_NODE,
         "--wait",
         "--timeout",
         "3m",
@@ -146,6 +160,8 @@ def test_install_upgrade_uninstall(release: Release) -> None:
     assert not can_i(sa, "list", "secrets", "default"), "Secrets are read by name only"
     assert not can_i(sa, "create", "secrets", "default")
     assert not can_i(sa, "delete", "pods", "default")
+    assert not can_i(sa, "delete", "deployments.apps", "default"), "the garbage collector removes children"
+    assert not can_i(sa, "list", "namespaces", None), "Kopf reads namespaces only when it watches some"
     assert not can_i(sa, "create", "clusterroles.rbac.authorization.k8s.io", None)
 
     # Upgrade: a changed value rolls the operator (Recreate) and switches RBAC to the watched namespace.
@@ -177,6 +193,7 @@ def test_install_upgrade_uninstall(release: Release) -> None:
     assert not can_i(sa, "create", "deployments.apps", other), "RBAC follows watchNamespaces"
     assert not can_i(sa, "list", f"{CRD_NAME}", other)
     assert can_i(sa, "watch", "customresourcedefinitions.apiextensions.k8s.io", None)  # Kopf's scanning
+    assert can_i(sa, "watch", "namespaces", None)  # Kopf follows the watched namespaces
 
     # Uninstall removes every object of the release and keeps the CRD.
     helm("uninstall", release.name, "--namespace", release.namespace, "--wait")
@@ -215,7 +232,7 @@ def service_account_kubeconfig(release: Release, directory: Path) -> Path:
     if "certificate-authority" in cluster:  # inline it: the file path is relative to the admin kubeconfig
         ca = Path(os.environ["KUBECONFIG"]).parent / cluster.pop("certificate-authority")
         cluster["certificate-authority-data"] = base64.b64encode(ca.read_bytes()).decode()
-    token = kubectl("create", "token", release.name, "-n", release.namespace, "--duration=10m").stdout.strip()
+    token = kubectl("create", "token", release.name, "-n", release.namespace, "--duration=30m").stdout.strip()
     path = directory / "operator.kubeconfig"
     path.write_text(
         yaml.safe_dump(
@@ -232,36 +249,42 @@ def service_account_kubeconfig(release: Release, directory: Path) -> Path:
     return path
 
 
-def test_operator_runs_with_the_chart_rbac(release: Release, tmp_path: Path) -> None:
-    """The operator process, with the environment and arguments of the Deployment the chart installed and the
-    token of the chart's ServiceAccount, reconciles a ModelDeployment without a single permission error.
-    Namespaced mode: the narrower grant (a Role per namespace), and it stays out of other tests' namespaces."""
-    models = release.create_namespace(f"canaria-models-{release.suffix}")
+def install(release: Release, *values: str) -> None:
+    """`helm install` of the chart as release, waiting until its (faked) operator pod is Available."""
     helm(
-        "install",
-        release.name,
-        str(CHART),
-        "--namespace",
-        release.namespace,
-        "--create-namespace",
-        "--set",
-        f"watchNamespaces={{{models}}}",
-        "--wait",
-        "--timeout",
-        "3m",
-    )
+        "install", release.name, str(CHART), "--namespace", release.namespace, "--create-namespace", *ON_FAKE_NODE,
+        *values, "--wait", "--timeout", "3m",
+    )  # fmt: skip
+
+
+@dataclass
+class OperatorRun:
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    liveness: str
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def permission_errors(self) -> list[str]:
+        lines = self.output().splitlines()
+        return [line for line in lines if any(sign in line.lower() for sign in PERMISSION_SIGNS)]
+
+
+@contextlib.contextmanager
+def chart_operator(release: Release, directory: Path) -> Iterator[OperatorRun]:
+    """The operator process with the arguments and environment of the Deployment the chart installed, and
+    the token of the chart's ServiceAccount; stopped (and checked for tracebacks) on exit."""
     (container,) = release.rolled_out()["spec"]["template"]["spec"]["containers"]
     port = free_port()
     args = [arg.replace("0.0.0.0:8080", f"127.0.0.1:{port}") for arg in container["args"]]
-    assert f"--liveness=http://127.0.0.1:{port}/healthz" in args and f"--namespace={models}" in args
+    assert f"--liveness=http://127.0.0.1:{port}/healthz" in args
     env = {
         **os.environ,
         **container_env(release.deployment()),
-        "KUBECONFIG": str(service_account_kubeconfig(release, tmp_path)),
+        "KUBECONFIG": str(service_account_kubeconfig(release, directory)),
     }
-
-    apply(models, example_model_deployment())
-    log_path = tmp_path / "operator.log"
+    log_path = directory / "operator.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "canaria", *args],
@@ -271,22 +294,40 @@ def test_operator_runs_with_the_chart_rbac(release: Release, tmp_path: Path) -> 
             cwd=ROOT,
             start_new_session=True,
         )
-
-    def output() -> str:
-        return log_path.read_text(errors="replace")
-
-    def permission_errors() -> list[str]:
-        return [line for line in output().splitlines() if any(sign in line.lower() for sign in PERMISSION_SIGNS)]
-
+    run = OperatorRun(process, log_path, f"http://127.0.0.1:{port}/healthz")
     try:
+        yield run
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    assert "Traceback" not in run.output(), run.output()[-5000:]
+
+
+def test_operator_runs_with_the_chart_rbac(release: Release, tmp_path: Path) -> None:
+    """The operator process, with the environment and arguments of the Deployment the chart installed and the
+    token of the chart's ServiceAccount, reconciles a ModelDeployment without a single permission error.
+    Namespaced mode: the narrower grant (a Role per namespace), and it stays out of other tests' namespaces.
+    (tests/integration/test_rbac_audit.py proves, from the audit log, that the grant is exactly what is used.)"""
+    models = release.create_namespace(f"canaria-models-{release.suffix}")
+    install(release, "--set", f"watchNamespaces={{{models}}}")
+    apply(models, example_model_deployment())
+    with chart_operator(release, tmp_path) as run:
+        assert f"--namespace={models}" in run.process.args
         wait_for(
-            lambda: process.poll() is not None or permission_errors() or RECONCILED in output(),
+            lambda: run.process.poll() is not None or run.permission_errors() or RECONCILED in run.output(),
             timeout=90,
             what="the operator to reconcile the ModelDeployment",
         )
-        assert not permission_errors(), "the chart's RBAC is missing permissions:\n" + "\n".join(permission_errors())
-        assert process.poll() is None, f"the operator exited with {process.returncode}:\n{output()[-5000:]}"
-        assert RECONCILED in output(), output()[-5000:]
+        assert not run.permission_errors(), "the chart's RBAC is missing permissions:\n" + "\n".join(
+            run.permission_errors()
+        )
+        assert run.process.poll() is None, f"the operator exited with {run.process.returncode}:\n{run.output()[-5000:]}"
+        assert RECONCILED in run.output(), run.output()[-5000:]
         deployment = get_json("-n", models, "deployment", "cifar10-stable")
         assert deployment["metadata"]["ownerReferences"][0]["kind"] == "ModelDeployment"
         assert exists("-n", models, "service", "cifar10")
@@ -296,19 +337,10 @@ def test_operator_runs_with_the_chart_rbac(release: Release, tmp_path: Path) -> 
             lambda: get_json("-n", models, "md", "cifar10").get("status", {}).get("conditions"),
             what="the ModelDeployment's status",
         )
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+        with urllib.request.urlopen(run.liveness, timeout=5) as response:
             assert response.status == 200, "the liveness endpoint the chart probes answers"
-        assert not permission_errors(), "\n".join(permission_errors())
-        assert "Traceback" not in output(), output()[-5000:]
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        kubectl("delete", "md", "cifar10", "-n", models, "--ignore-not-found", "--wait=false", check=False)
+        assert not run.permission_errors(), "\n".join(run.permission_errors())
+    kubectl("delete", "md", "cifar10", "-n", models, "--ignore-not-found", "--wait=false", check=False)
 
 
 def test_install_fails_on_an_unknown_value(release: Release) -> None:
