@@ -1,15 +1,24 @@
-"""Operator benchmarks on the local control plane (issue: the reconcile core).
+"""Operator benchmarks on the local control plane.
 
-Measures, in one run against one cluster:
-  - burst: N ModelDeployments applied at once -> seconds until every one has all its children;
-  - latency: one ModelDeployment applied -> its children exist (p50, p99 over --samples);
-  - floor: `kubectl apply` of the same rendered children -> they exist (p50, p99), and the ratio;
-  - the operator's RSS after the burst;
-  - write requests the API server saw during --idle seconds with nothing changing (read from its
-    /metrics: verbs POST/PUT/PATCH/DELETE/APPLY on the resources the operator writes).
+Measures, in one run against one cluster with one operator running (`python -m canaria run`):
+  - latency: one ModelDeployment applied with kubectl -> its four children exist (ConfigMap, Deployment,
+    Service, ServiceMonitor), against two floors sampled in turn with it: `kubectl apply --server-side` of the
+    same four children, and the same four server-side applies sent straight to the API from this process;
+  - burst: N ModelDeployments in one `kubectl apply` -> all 4N children exist, against the 4N children in one
+    `kubectl apply --server-side`;
+  - the operator's RSS after the burst, and the write requests the API server saw during --idle seconds with
+    nothing changing (from its /metrics).
 
-Usage: make cluster && .venv/bin/python bench/bench_operator.py [--objects 200] [--samples 30] [--idle 300]
-Prints a markdown block for docs/benchmarks.md.
+Completion is seen on watch streams, one per child kind, opened before the samples: each event is stamped
+with this process's monotonic clock when it arrives, so a sample ends when its last child's ADDED event
+arrives, not at the next poll. How late an event arrives is measured on the direct floor (event arrival
+minus the API's response to the request that created the object) and reported as the resolution. The
+floors' objects carry the operator's labels with another value (`app.kubernetes.io/managed-by:
+bench-floor`), so the operator's watches ignore them.
+
+Usage: make cluster, start the operator, then
+    .venv/bin/python bench/bench_operator.py [--objects 200] [--samples 30] [--idle 300]
+Prints the result as JSON and as markdown rows for docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -18,71 +27,282 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
+from kubernetes import config
+from kubernetes.client import ApiClient
+from kubernetes.watch.watch import iter_resp_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "operator"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from canaria import reconcile, render, spec  # noqa: E402
+from stats import bootstrap_ratio_ci, mann_whitney, percentile, spread  # noqa: E402
+
+from canaria import kube, reconcile, render, spec  # noqa: E402
 from devcluster.layout import Layout, Settings  # noqa: E402
-from tests.support.manifests import example_model_deployment  # noqa: E402
+from tests.support.manifests import example_model_deployment, on_fake_node  # noqa: E402
 
 LAYOUT = Layout.resolve(ROOT, Settings())
-KUBECTL = [str(LAYOUT.binary("kubectl")), "--kubeconfig", str(LAYOUT.kubeconfig)]
+KUBECONFIG = [LAYOUT.kubeconfig]  # the cluster under test; --kubeconfig replaces it
 WRITE_RESOURCES = {"modeldeployments", "deployments", "services", "configmaps", "servicemonitors", "events"}
-CHILD_KINDS = "deployments,services,configmaps,servicemonitors"
+CHILD_KINDS = {
+    "Deployment": "/apis/apps/v1/namespaces/{}/deployments",
+    "Service": "/api/v1/namespaces/{}/services",
+    "ConfigMap": "/api/v1/namespaces/{}/configmaps",
+    "ServiceMonitor": "/apis/monitoring.coreos.com/v1/namespaces/{}/servicemonitors",
+}
+FLOOR_MANAGER = "bench-floor"
+Key = tuple[str, str]  # (kind, name)
 
 
 def kubectl(*args: str, stdin: str | None = None) -> str:
-    result = subprocess.run([*KUBECTL, *args], input=stdin, capture_output=True, text=True)
+    command = [str(LAYOUT.binary("kubectl")), "--kubeconfig", str(KUBECONFIG[0]), *args]
+    result = subprocess.run(command, input=stdin, capture_output=True, text=True, check=False)
     if result.returncode:
         raise RuntimeError(f"kubectl {' '.join(args)}: {result.stderr}")
     return result.stdout
 
 
-def model_deployment(name: str) -> dict:
-    # Small requests, so that hundreds of pods fit the fake node.
-    return example_model_deployment(name, serving={"resources": {"requests": {"cpu": "10m", "memory": "64Mi"}}})
+def api_client() -> ApiClient:
+    return config.new_client_from_config(config_file=str(KUBECONFIG[0]))
 
 
-def children_count(namespace: str) -> int:
-    out = kubectl("get", CHILD_KINDS, "-n", namespace, "-l", f"{render.MANAGED_BY}=canaria", "-o", "name")
-    return len(out.split())
+def model_deployment(name: str) -> dict[str, Any]:
+    # On kwok's fake node, with small requests, so that hundreds of pods fit it.
+    body = example_model_deployment(name, serving={"resources": {"requests": {"cpu": "10m", "memory": "64Mi"}}})
+    return on_fake_node(body)
 
 
-def wait_children(namespace: str, expected: int, timeout: float = 600) -> float:
+def rendered_children(namespace: str, name: str) -> list[dict[str, Any]]:
+    """The children the operator renders for model_deployment(name), as the operator would apply them."""
+    md = spec.defaulted(
+        {
+            **model_deployment(name),
+            "metadata": {"name": name, "namespace": namespace, "uid": "00000000-0000-0000-0000-000000000000"},
+        }
+    )
+    return reconcile.desired_children(md, render.Settings(), service_monitor_api=True)
+
+
+def relabelled(value: Any) -> Any:
+    """The object with the operator's managed-by label (metadata, pod template, selectors) set to another value,
+    so that no handler of the operator fires for it; sizes and shapes stay the same."""
+    if isinstance(value, dict):
+        return {
+            key: FLOOR_MANAGER if key == render.MANAGED_BY and item == "canaria" else relabelled(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [relabelled(item) for item in value]
+    return value
+
+
+def floor_children(namespace: str, name: str) -> list[dict[str, Any]]:
+    children = []
+    for child in rendered_children(namespace, name):
+        child = relabelled(child)
+        child["metadata"].pop("ownerReferences")  # no owner exists for the floor
+        children.append(child)
+    return children
+
+
+def keys_of(children: list[dict[str, Any]]) -> set[Key]:
+    return {(child["kind"], child["metadata"]["name"]) for child in children}
+
+
+# -- watching ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ChildWatch:
+    """Watch streams of the child kinds in one namespace, recording when each object's ADDED event arrived."""
+
+    namespace: str
+    seen: dict[Key, float] = field(default_factory=dict)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+    ready: threading.Barrier = field(init=False)
+    failure: str | None = None
+
+    def __post_init__(self) -> None:
+        self.ready = threading.Barrier(len(CHILD_KINDS) + 1)
+        for kind, path in CHILD_KINDS.items():
+            threading.Thread(target=self._follow, args=(kind, path.format(self.namespace)), daemon=True).start()
+        self.ready.wait(timeout=30)
+
+    def _follow(self, kind: str, path: str) -> None:
+        client = api_client()
+        version = self._list(client, path)
+        self.ready.wait()
+        while True:  # the API server ends a watch after a while: resume from the last version seen
+            for line in self._stream(client, path, version):
+                arrived = time.monotonic()
+                event = json.loads(line)
+                obj = event["object"]
+                if event["type"] == "ERROR":  # e.g. 410 Gone: events may have been missed
+                    with self.changed:
+                        self.failure = f"{path}: the watch failed: {obj.get('message')}"
+                        self.changed.notify_all()
+                    return
+                version = obj["metadata"]["resourceVersion"]
+                if event["type"] == "ADDED":
+                    with self.changed:
+                        self.seen.setdefault((kind, obj["metadata"]["name"]), arrived)
+                        self.changed.notify_all()
+
+    @staticmethod
+    def _list(client: ApiClient, path: str) -> str:
+        """The collection's current version: the watch reports only what is created after it."""
+        version: str = kube.Kube(client).request("GET", path)["metadata"]["resourceVersion"]
+        return version
+
+    @staticmethod
+    def _stream(client: ApiClient, path: str, version: str) -> Iterator[str]:
+        query = f"watch=1&allowWatchBookmarks=false&resourceVersion={version}&timeoutSeconds=1800"
+        method, url, headers, _, _ = client.param_serialize(
+            "GET", f"{path}?{query}", header_params={"Accept": "application/json"}, auth_settings=["BearerToken"]
+        )
+        response = client.call_api(method, url, header_params=headers)
+        yield from iter_resp_lines(response.response)
+
+    def wait(self, keys: set[Key], timeout: float = 900) -> float:
+        """The arrival time of the last of keys, once all arrived."""
+        with self.changed:
+            if not self.changed.wait_for(lambda: self.failure or keys <= self.seen.keys(), timeout=timeout):
+                raise RuntimeError(f"{self.namespace}: {len(keys - self.seen.keys())} of {len(keys)} never appeared")
+            if self.failure:
+                raise RuntimeError(self.failure)
+            return max(self.seen[key] for key in keys)
+
+
+# -- samples -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Latency:
+    operator: list[float] = field(default_factory=list)
+    kubectl_floor: list[float] = field(default_factory=list)
+    api_floor: list[float] = field(default_factory=list)
+    watch_lag: list[float] = field(default_factory=list)  # event arrival - API response, direct floor
+
+
+def apply_with_kubectl(documents: list[dict[str, Any]], namespace: str, *flags: str) -> float:
+    """Runs one `kubectl apply`; returns when it started."""
+    text = "---\n".join(yaml.safe_dump(document) for document in documents)
     started = time.monotonic()
-    while children_count(namespace) < expected:
-        if time.monotonic() - started > timeout:
-            raise RuntimeError(f"timeout waiting for {expected} children in {namespace}")
-        time.sleep(0.05)
-    return time.monotonic() - started
+    kubectl("apply", "-n", namespace, *flags, "-f", "-", stdin=text)
+    return started
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+def operator_sample(watch: ChildWatch, name: str) -> float:
+    started = apply_with_kubectl([model_deployment(name)], watch.namespace)
+    return watch.wait(keys_of(rendered_children(watch.namespace, name))) - started
+
+
+def kubectl_floor_sample(watch: ChildWatch, name: str) -> float:
+    children = floor_children(watch.namespace, name)
+    started = apply_with_kubectl(children, watch.namespace, "--server-side", f"--field-manager={FLOOR_MANAGER}")
+    return watch.wait(keys_of(children)) - started
+
+
+def api_floor_sample(watch: ChildWatch, name: str, client: kube.Kube, lags: list[float]) -> float:
+    children = floor_children(watch.namespace, name)
+    responded: dict[Key, float] = {}
+    started = time.monotonic()
+    for child in children:
+        client.request(
+            "PATCH", kube.object_path(child), body=child, query={"fieldManager": FLOOR_MANAGER, "force": "true"},
+            content_type="application/apply-patch+yaml",
+        )  # fmt: skip
+        responded[(child["kind"], child["metadata"]["name"])] = time.monotonic()
+    finished = watch.wait(keys_of(children))
+    lags.extend(watch.seen[key] - at for key, at in responded.items())
+    return finished - started
+
+
+def wait_ready(client: kube.Kube, namespace: str, name: str, timeout: float = 120) -> None:
+    """Until the operator has reported the object Ready: its trailing work (status, pod events) is done."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        md = client.get("serving.canaria.dev/v1alpha1", "ModelDeployment", namespace, name) or {}
+        if any(c["type"] == "Ready" and c["status"] == "True" for c in md.get("status", {}).get("conditions", [])):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{namespace}/{name} did not become Ready")
+
+
+def bench_latency(samples: int, gap: float) -> Latency:
+    """Operator and both floors in turn, the order rotating each round so that none always goes first."""
+    namespace = fresh_namespace("bench-latency")
+    watch = ChildWatch(namespace)
+    client = kube.Kube(api_client())
+    result = Latency()
+    runs: list[tuple[list[float], Callable[[int], float]]] = [
+        (result.operator, lambda i: operator_sample(watch, f"op{i}")),
+        (result.kubectl_floor, lambda i: kubectl_floor_sample(watch, f"kf{i}")),
+        (result.api_floor, lambda i: api_floor_sample(watch, f"af{i}", client, result.watch_lag)),
+    ]
+    for i in range(samples):
+        for offset in range(len(runs)):
+            timings, sample = runs[(i + offset) % len(runs)]
+            timings.append(sample(i))
+            if timings is result.operator:
+                wait_ready(client, namespace, f"op{i}")
+            time.sleep(gap)  # the controllers' trailing work (ReplicaSets, pods) settles before the next sample
+    delete_namespace(namespace)
+    return result
+
+
+def bench_burst(objects: int) -> tuple[float, float]:
+    """(operator, floor) seconds: N ModelDeployments in one kubectl apply, and their 4N children in one."""
+    floor_watch = ChildWatch(fresh_namespace("bench-burst-floor"))
+    children = [c for i in range(objects) for c in floor_children(floor_watch.namespace, f"b{i}")]
+    started = apply_with_kubectl(children, floor_watch.namespace, "--server-side", f"--field-manager={FLOOR_MANAGER}")
+    floor = floor_watch.wait(keys_of(children)) - started
+    wait_settled()
+    watch = ChildWatch(fresh_namespace("bench-burst"))
+    expected = {key for i in range(objects) for key in keys_of(rendered_children(watch.namespace, f"m{i}"))}
+    started = apply_with_kubectl([model_deployment(f"m{i}") for i in range(objects)], watch.namespace)
+    return watch.wait(expected) - started, floor
+
+
+# -- the cluster and the operator --------------------------------------------------------------------------------
+
+
+def fresh_namespace(prefix: str) -> str:
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    kubectl("create", "namespace", name)
+    return name
+
+
+def delete_namespace(name: str) -> None:
+    kubectl("delete", "namespace", name, "--wait=true", "--timeout=300s")
 
 
 def operator_pid() -> int:
+    found = []
     for entry in Path("/proc").iterdir():
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"canaria" in argv and b"run" in argv:
-            return int(entry.name)
-    sys.exit("bench: no operator running (start one: python -m canaria run)")
+        if argv[1:4] == [b"-m", b"canaria", b"run"]:
+            found.append(int(entry.name))
+    if len(found) != 1:
+        sys.exit(f"bench: expected one operator (python -m canaria run), found pids {found}; pass --operator-pid")
+    return found[0]
 
 
 def rss_mb(pid: int) -> float:
@@ -111,7 +331,7 @@ def wait_settled(quiet_seconds: float = 15, timeout: float = 900) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         phases = kubectl("get", "md", "-A", "-o", "jsonpath={.items[*].status.phase}").split()
-        if phases and all(phase == "Serving" for phase in phases):
+        if all(phase == "Serving" for phase in phases):
             break
         time.sleep(2)
     last, quiet_since = write_requests(), time.monotonic()
@@ -122,110 +342,98 @@ def wait_settled(quiet_seconds: float = 15, timeout: float = 900) -> None:
             last, quiet_since = now, time.monotonic()
 
 
-def fresh_namespace(prefix: str) -> str:
-    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    kubectl("create", "namespace", name)
-    return name
+# -- report ------------------------------------------------------------------------------------------------------
 
 
-def rendered_children(namespace: str, name: str) -> list[dict]:
-    md = spec.defaulted(
-        {
-            **model_deployment(name),
-            "metadata": {"name": name, "namespace": namespace, "uid": "00000000-0000-0000-0000-000000000000"},
-        }
+def comparison(name: str, operator: list[float], floor: list[float], resolution: float) -> dict[str, Any]:
+    low, high = bootstrap_ratio_ci(operator, floor)
+    test = mann_whitney(operator, floor)
+    return {
+        "floor": name,
+        "operator_p50": round(statistics.median(operator), 4),
+        "operator_p99": round(percentile(operator, 0.99), 4),
+        "floor_p50": round(statistics.median(floor), 4),
+        "floor_p99": round(percentile(floor, 0.99), 4),
+        "ratio_p50": round(statistics.median(operator) / statistics.median(floor), 2),
+        "ratio_p50_ci95": [round(low, 2), round(high, 2)],
+        "mann_whitney_p": float(f"{test.p_value:.2g}"),
+        "resolution_s": round(resolution, 4),
+        "operator_spread": spread(operator),
+        "floor_spread": spread(floor),
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    rows = [
+        "| measurement | operator | floor | ratio (95% CI) | resolution |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for c in result["latency"]:
+        low, high = c["ratio_p50_ci95"]
+        rows.append(
+            f"| one object, p50, floor = {c['floor']} | {c['operator_p50']:.3f} s | {c['floor_p50']:.3f} s | "
+            f"{c['ratio_p50']:.2f} ({low:.2f} to {high:.2f}), Mann-Whitney p = {c['mann_whitney_p']:.2g} | "
+            f"{1000 * c['resolution_s']:.1f} ms |"
+        )
+        rows.append(
+            f"| one object, p99, floor = {c['floor']} | {c['operator_p99']:.3f} s | {c['floor_p99']:.3f} s | "
+            f"{c['operator_p99'] / c['floor_p99']:.2f} | |"
+        )
+    burst = result["burst"]
+    rows.append(
+        f"| {burst['objects']} objects at once -> all {4 * burst['objects']} children exist | "
+        f"{burst['operator_s']:.1f} s | {burst['floor_s']:.1f} s | {burst['ratio']:.2f} | "
+        f"{1000 * result['resolution_s']:.1f} ms |"
     )
-    children = reconcile.desired_children(md, render.Settings(), service_monitor_api=True)
-    for child in children:
-        child["metadata"].pop("ownerReferences")  # no owner exists for the floor
-    return children
-
-
-def bench_burst(objects: int) -> float:
-    namespace = fresh_namespace("burst")
-    docs = "---\n".join(yaml.safe_dump(model_deployment(f"m{i}")) for i in range(objects))
-    started = time.monotonic()
-    kubectl("apply", "-n", namespace, "-f", "-", stdin=docs)
-    wait_children(namespace, 4 * objects)
-    return time.monotonic() - started
-
-
-def bench_burst_floor(objects: int) -> float:
-    """The same children for `objects` ModelDeployments, applied at once by kubectl: the floor of the burst."""
-    namespace = fresh_namespace("burst-floor")
-    docs = "---\n".join(yaml.safe_dump(c) for i in range(objects) for c in rendered_children(namespace, f"b{i}"))
-    started = time.monotonic()
-    kubectl("apply", "--server-side", "--field-manager=floor", "-n", namespace, "-f", "-", stdin=docs)
-    wait_children(namespace, 4 * objects)
-    return time.monotonic() - started
-
-
-def bench_latency(samples: int) -> list[float]:
-    namespace = fresh_namespace("latency")
-    timings = []
-    for i in range(samples):
-        started = time.monotonic()
-        kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(model_deployment(f"l{i}")))
-        wait_children(namespace, 4 * (i + 1))
-        timings.append(time.monotonic() - started)
-    return timings
-
-
-def bench_floor(samples: int) -> list[float]:
-    namespace = fresh_namespace("floor")
-    timings = []
-    for i in range(samples):
-        docs = "---\n".join(yaml.safe_dump(c) for c in rendered_children(namespace, f"f{i}"))
-        started = time.monotonic()
-        kubectl("apply", "--server-side", "--field-manager=floor", "-n", namespace, "-f", "-", stdin=docs)
-        wait_children(namespace, 4 * (i + 1))
-        timings.append(time.monotonic() - started)
-    return timings
+    return "\n".join(rows)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--objects", type=int, default=200)
     parser.add_argument("--samples", type=int, default=30)
     parser.add_argument("--idle", type=int, default=300)
+    parser.add_argument("--gap", type=float, default=0.5, help="seconds of rest after each latency sample")
+    parser.add_argument("--operator-pid", type=int)
+    parser.add_argument("--kubeconfig", type=Path, default=LAYOUT.kubeconfig, help="default: the devcluster's")
     args = parser.parse_args()
-    pid = operator_pid()
-    floor = bench_floor(args.samples)
-    latency = bench_latency(args.samples)
-    burst_floor = bench_burst_floor(args.objects)
-    burst = bench_burst(args.objects)
+    KUBECONFIG[0] = args.kubeconfig
+    pid = args.operator_pid or operator_pid()
+    load_before = os.getloadavg()
+    wait_settled()
+    latency = bench_latency(args.samples, args.gap)
+    wait_settled()
+    burst, burst_floor = bench_burst(args.objects)
     wait_settled()
     rss = rss_mb(pid)
     before = write_requests()
     time.sleep(args.idle)
     idle_writes = write_requests() - before
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    p50, p99 = statistics.median(latency), percentile(latency, 0.99)
-    f50, f99 = statistics.median(floor), percentile(floor, 0.99)
+    lags = sorted(abs(lag) for lag in latency.watch_lag)
+    resolution = percentile(lags, 0.99)  # how late (or early) an event may be against the response it follows
     result = {
-        "date": datetime.date.today().isoformat(),
-        "machine": f"{os.cpu_count()} cores, {cpu}",
-        "burst_objects": args.objects,
-        "burst_seconds": round(burst, 2),
-        "burst_floor_seconds": round(burst_floor, 2),
-        "burst_ratio": round(burst / burst_floor, 2),
-        "latency_p50": round(p50, 3),
-        "latency_p99": round(p99, 3),
-        "floor_p50": round(f50, 3),
-        "floor_p99": round(f99, 3),
-        "ratio_p50": round(p50 / f50, 2),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{os.cpu_count()} cores",
+        "load_average_before": [round(value, 2) for value in load_before],
+        "load_average_after": [round(value, 2) for value in os.getloadavg()],
+        "samples": args.samples,
+        "watch_lag_ms": {
+            "p50": round(1000 * statistics.median(latency.watch_lag), 2),
+            "p99_abs": round(1000 * resolution, 2),
+            "max_abs": round(1000 * lags[-1], 2),
+        },
+        "resolution_s": resolution,
+        "latency": [
+            comparison("kubectl apply --server-side", latency.operator, latency.kubectl_floor, resolution),
+            comparison("direct server-side applies", latency.operator, latency.api_floor, resolution),
+        ],
+        "burst": {"objects": args.objects, "operator_s": burst, "floor_s": burst_floor, "ratio": burst / burst_floor},
         "rss_mb_after_burst": round(rss, 1),
         "idle_seconds": args.idle,
         "idle_writes": idle_writes,
     }
     print(json.dumps(result, indent=2))
+    print(markdown(result))
 
 
 if __name__ == "__main__":
