@@ -130,6 +130,11 @@ class Layout:
         return self.state_dir / "node"
 
     @property
+    def monitoring_dir(self) -> Path:
+        """Prometheus' files (config, rules, certificates, kubeconfig) and its data (devcluster/monitoring.py)."""
+        return self.state_dir / "monitoring"
+
+    @property
     def cluster_file(self) -> Path:
         """The running cluster's address and ports, written once `up` succeeded."""
         return self.state_dir / "cluster.json"
@@ -145,6 +150,7 @@ class Layout:
             self.etcd_data_dir,
             self.kwok_home,
             self.node_dir,
+            self.monitoring_dir,
             self.kubeconfig,
             self.component_kubeconfigs_dir,
             self.cluster_file,

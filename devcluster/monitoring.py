@@ -80,7 +80,7 @@ log = logging.getLogger("devcluster.monitoring")
 
 
 def monitoring_files(layout: Layout) -> Files:
-    return Files(layout.state_dir / "monitoring")
+    return Files(layout.monitoring_dir)
 
 
 # --- pure: the objects bootstrap creates ---
