@@ -7,6 +7,10 @@ import collections
 import dataclasses
 import http.client
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +23,7 @@ from tests.integration.conftest import get_json, kubectl, wait_for
 from tests.support import echo
 from tests.support.stats import binomial_within
 
+ROOT = Path(__file__).resolve().parents[2]
 SPLIT = {"a": 80, "b": 20}
 REQUESTS = 1000
 
@@ -181,3 +186,16 @@ def test_the_host_reaches_the_gateway_through_a_loopback_forward(
         connection.close()
     assert (response.status, track) == (200, "fwd")
     assert address.startswith("10.244.")  # a pod answered, reached from inside the pod network
+
+    # The CLI's Gateway mode reaches the same pod from inside the pod network.
+    completed = subprocess.run(
+        [sys.executable, "-m", "devcluster.traffic", "--gateway-host", host, "--count", "5", "--duration", "10"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr
+    summary = json.loads(completed.stdout)
+    assert (summary["ok"], summary["by_body"]) == (5, {f"fwd {address}": 5})
