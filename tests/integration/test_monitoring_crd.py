@@ -51,7 +51,7 @@ def test_service_monitor_follows_its_crd(bare_cluster: Cluster) -> None:
         time.sleep(5)
         assert md()["metadata"]["resourceVersion"] == version, "no error loop while the CRD is missing"
 
-        crd = bare_cluster.layout.fixtures_dir / "crds" / "monitoring.coreos.com_servicemonitors.yaml"
+        crd = bare_cluster.layout.crd_dir / "monitoring.coreos.com_servicemonitors.yaml"
         kubectl("apply", "--server-side", "-f", str(crd), kubeconfig=config)
         wait_for(
             lambda: condition(md(), "ServiceMonitorReady").get("status") == "True",
