@@ -27,6 +27,7 @@ from tests.support.manifests import example_model_deployment
 pytestmark = pytest.mark.cluster
 
 NON_RESOURCE = "non-resource"
+SERVICE_MONITOR_CRD_FILE = "monitoring.coreos.com_servicemonitors.yaml"
 Grant = tuple[str, str, str]  # (API group, resource[/subresource] or non-resource URL pattern, verb)
 
 # Granted but never seen in the audit log, each with the path that needs it.
@@ -41,15 +42,17 @@ EXCEPTIONS: dict[Grant, str] = {
 
 @pytest.fixture(scope="module")
 def audited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A control plane of its own (with the third-party CRDs and ours); KUBECONFIG and PATH (kubectl, helm)
-    point at it meanwhile."""
+    """A control plane of its own, with our CRD and the ServiceMonitor's (no add-ons); KUBECONFIG and PATH
+    (kubectl, helm) point at it meanwhile."""
     shared = Layout.resolve(ROOT, Settings())
     state = tmp_path_factory.mktemp("audited") / "state"
-    private = Cluster.up(ROOT, Settings(state_dir=state, bin_dir=shared.bin_dir))
+    private = Cluster.up(ROOT, Settings(state_dir=state, bin_dir=shared.bin_dir, install_crds=False))
     saved = {name: os.environ.get(name) for name in ("KUBECONFIG", "PATH")}
     os.environ.update(private.env())
     try:
-        kubectl("apply", "--server-side", "-f", str(CRD))
+        (service_monitors,) = [f for f in private.layout.crd_files if f.name == SERVICE_MONITOR_CRD_FILE]
+        for crd in (CRD, service_monitors):
+            kubectl("apply", "--server-side", "-f", str(crd))
         kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/modeldeployments.serving.canaria.dev")
         yield private
     finally:
