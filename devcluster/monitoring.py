@@ -14,15 +14,9 @@
   running outside a pod requires (`pod_config`), writes the files and makes Prometheus reload them.
 - The host reaches Prometheus' HTTP API through a loopback forward into the namespace (`host_forwards`).
 
-The lead's cluster.py composes it, after the monitoring.coreos.com CRDs are Established:
-
-    bootstrap(admin, layout)                                   # namespace, RBAC, the Prometheus object
-    _launch("prometheus-operator", operator_argv(layout, ports), ports["prometheus-operator"], env=operator_env(layout))
-    wait until operator_healthy(ports)
-    _launch("prometheus-sync", sync_argv(layout, ports), None)
-    wait until config_written(layout)                          # the operator generated the first config
-    _launch("prometheus", prometheus_argv(layout), None, preexec=network.preexec())
-    wait until prometheus_ready(ports)                         # through the forward: forwards += host_forwards(ports)
+devcluster/cluster.py composes it once the monitoring.coreos.com CRDs are Established (`_start_addons`):
+bootstrap, then the operator (healthy: operator_healthy), the syncer (healthy: config_written, i.e. the operator
+generated a first configuration), then Prometheus (healthy: prometheus_ready, through host_forwards).
 """
 
 from __future__ import annotations
@@ -65,9 +59,8 @@ from .monitoring_config import (
 from .podnet import GATEWAY_IP, HOST, INSIDE, Forward
 
 PROMETHEUS_PORT = 9090
-# Host loopback ports, in the cluster's ports: the operator's web server (/healthz, /metrics), and the forward
-# to Prometheus' HTTP API.
-PORT_NAMES = ("prometheus-operator", "prometheus")
+# The cluster's ports this module reads (layout.PORT_NAMES): "prometheus-operator", the operator's web server
+# (/healthz, /metrics) on loopback, and "prometheus", the host's forward to Prometheus' HTTP API.
 OPERATOR_ACCOUNT = "prometheus-operator"  # named as in the operator's example/rbac at v0.93.0
 # kwok's fake node (devcluster/cluster.py): the StatefulSet's pod goes there and never runs.
 FAKE_NODE_SELECTOR = {"type": "kwok"}

@@ -9,12 +9,9 @@ from __future__ import annotations
 import gzip
 import ipaddress
 import json
-import os
-import shutil
 import subprocess
 import time
 from base64 import b64decode
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +20,11 @@ import pytest
 import yaml
 
 from canaria import render, spec
-from devcluster import Cluster, Layout, monitoring, pki, podnet, procs
+from devcluster import Cluster, Layout, monitoring, pki, podnet
 from devcluster.api import ApiClient
-from devcluster.cluster import NODE_NAME, forward_argv
+from devcluster.cluster import NODE_NAME
 from devcluster.monitoring_config import CONFIG_KEY, CONFIG_SECRET, NAME, NAMESPACE, POD_NAME
-from tests.integration.conftest import ROOT, kubectl, wait_for
+from tests.integration.conftest import kubectl, wait_for
 from tests.support.manifests import example_model_deployment
 from tests.support.prometheus import TRACK_LABEL, VERSION_LABEL, Prometheus
 
@@ -61,38 +58,11 @@ def _admin(cluster: Cluster) -> ApiClient:
 
 
 @pytest.fixture(scope="module")
-def stack(cluster: Cluster) -> Iterator[Stack]:
-    """The cluster's monitoring if `up` started it; else started here, as cluster.py would, and stopped after."""
-    layout = cluster.layout
-    admin = _admin(cluster)
-    ports: dict[str, int] = json.loads(layout.cluster_file.read_text())["ports"]
-    if all(name in ports for name in monitoring.PORT_NAMES) and monitoring.prometheus_ready(ports):
-        yield Stack(Prometheus(monitoring.url(ports)), layout, admin)
-        return
-    ports.update({name: procs.free_port() for name in monitoring.PORT_NAMES})
-    started: list[procs.RunFiles] = []
-
-    def launch(name: str, argv: list[str], env: dict[str, str] | None = None, preexec: Any = None) -> None:
-        run = procs.RunFiles(layout.run_dir, name)
-        procs.start(argv, layout.log(name), run, env={**(env or os.environ), "PYTHONPATH": str(ROOT)}, preexec=preexec)
-        started.append(run)
-
-    try:
-        begin = time.monotonic()
-        monitoring.bootstrap(admin, layout)
-        launch("prometheus-operator", monitoring.operator_argv(layout, ports), monitoring.operator_env(layout))
-        wait_for(lambda: monitoring.operator_healthy(ports), timeout=60, what="the Prometheus Operator's /healthz")
-        launch("prometheus-sync", monitoring.sync_argv(layout, ports))
-        wait_for(lambda: monitoring.config_written(layout), timeout=120, what="the operator's first configuration")
-        network = cluster.pod_network
-        launch("prometheus-forward", forward_argv(layout, network, monitoring.host_forwards(ports)))
-        launch("prometheus", monitoring.prometheus_argv(layout), preexec=network.preexec())
-        wait_for(lambda: monitoring.prometheus_ready(ports), timeout=60, what="Prometheus /-/ready")
-        print(f"\nmonitoring: started to Prometheus ready in {time.monotonic() - begin:.1f}s")
-        yield Stack(Prometheus(monitoring.url(ports)), layout, admin)
-    finally:
-        procs.stop(started)
-        shutil.rmtree(monitoring.monitoring_files(layout).root, ignore_errors=True)
+def stack(cluster: Cluster) -> Stack:
+    """The monitoring `up` started with the cluster (devcluster/cluster.py composes devcluster/monitoring.py)."""
+    ports: dict[str, int] = json.loads(cluster.layout.cluster_file.read_text())["ports"]
+    assert monitoring.prometheus_ready(ports), "the cluster runs no Prometheus: was it started with install_crds?"
+    return Stack(Prometheus(monitoring.url(ports)), cluster.layout, _admin(cluster))
 
 
 def _rendered_with_a_metrics_process(namespace: str) -> list[dict[str, Any]]:
