@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml uv.lock
 
 venv: $(VENV)/.installed ## Python environment with the operator, TorchServe and the dev tools
 
-deps: ## System packages: Java 17 (TorchServe)
+deps: ## System packages: Java 17 (TorchServe), iproute2 (the pod network)
 	@bash hack/install-deps.sh
 
 tools: ## Build (or reuse) the pinned control-plane binaries, kubectl and helm

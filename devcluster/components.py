@@ -63,6 +63,9 @@ def kube_apiserver(layout: Layout, ports: Mapping[str, int], pki: Pki) -> list[s
         f"--proxy-client-key-file={pki.client_key(FRONT_PROXY_CLIENT)}",
         # The `kubernetes` Service cannot point at a loopback address; nothing in the cluster needs it.
         "--endpoint-reconciler-type=none",
+        # Node addresses are loopback only (InternalIP); the default order tries Hostname first, a DNS lookup
+        # that would leave this machine.
+        "--kubelet-preferred-address-types=InternalIP",
         # Who did what (metadata only): the RBAC test compares the operator's requests with the chart's grants.
         f"--audit-policy-file={layout.audit_policy}",
         f"--audit-log-path={layout.audit_log}",

@@ -28,7 +28,10 @@ from .kube import STRATEGIC_MERGE_PATCH, ApiError, Gone, Kube
 
 log = logging.getLogger("canaria-node")
 
-CAPACITY = {"cpu": "2", "memory": "16Gi", "pods": "32"}
+# Requests are not enforced here (no cgroups): capacity is sized so that a few ModelDeployments, their rolling
+# updates and canaries (1 CPU requested per pod by default) all schedule, as on a real node pool.
+CAPACITY = {"cpu": "32", "memory": "64Gi", "pods": "64"}
+API_SERVER_NODE_ADDRESS = "127.0.0.1"  # nothing listens for the API server there: kubectl logs fails locally
 NODE_LABELS = {"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64", "canaria.dev/node": "local"}
 LEASE_NAMESPACE = "kube-node-lease"
 LEASE_DURATION_S = 40  # the controller-manager's --node-monitor-grace-period in devcluster/components.py
@@ -399,7 +402,9 @@ def node_status(config: NodeConfig, previous: Iterable[Mapping[str, Any]], momen
         "capacity": dict(CAPACITY),
         "allocatable": dict(CAPACITY),
         "conditions": conditions,
-        "addresses": [{"type": "InternalIP", "address": config.host_ip}, {"type": "Hostname", "address": config.name}],
+        # The API server dials a node's address for `kubectl logs/exec/port-forward`: only loopback, so that it
+        # never sends a packet off this machine (a pod-range address or a DNS lookup of the name would).
+        "addresses": [{"type": "InternalIP", "address": API_SERVER_NODE_ADDRESS}],
         "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
         "nodeInfo": {
             "architecture": "amd64",

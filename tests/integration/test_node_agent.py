@@ -227,7 +227,9 @@ def test_the_node_is_registered_like_a_kubelet_registers_it(node: AgentNode) -> 
     assert body["spec"]["podCIDR"] == node.pod_cidr
     assert body["metadata"]["labels"]["canaria.dev/node"] == "local"
     assert body["metadata"]["labels"]["kubernetes.io/hostname"] == node.name
-    assert body["status"]["capacity"] == {"cpu": "2", "memory": "16Gi", "pods": "32"}
+    assert body["status"]["capacity"] == {"cpu": "32", "memory": "64Gi", "pods": "64"}
+    # The API server may only ever dial this node on loopback (kubectl logs): no pod address, no host name.
+    assert body["status"]["addresses"] == [{"type": "InternalIP", "address": "127.0.0.1"}]
     assert body["spec"]["taints"] == [{"key": "canaria.dev/node-agent-test", "value": "true", "effect": "NoSchedule"}]
     lease = get_json("-n", "kube-node-lease", "lease", node.name)
     assert lease["spec"]["holderIdentity"] == node.name
