@@ -16,14 +16,18 @@ minus the API's response to the request that created the object) and reported as
 floors' objects carry the operator's labels with another value (`app.kubernetes.io/managed-by:
 bench-floor`), so the operator's watches ignore them.
 
-Usage: make cluster, start the operator, then
-    .venv/bin/python bench/bench_operator.py [--objects 200] [--samples 30] [--idle 300]
+Usage, on a control plane of its own (no add-ons, our CRD and the ServiceMonitor's), with an operator this
+script starts and stops (how docs/benchmarks.md was measured):
+    .venv/bin/python bench/bench_operator.py --own-cluster /tmp/bench-cluster [--objects 200] [--samples 30]
+or against a running cluster and operator: `make cluster`, start the operator, then
+    .venv/bin/python bench/bench_operator.py [--kubeconfig FILE] [--operator-pid PID] [--idle 300]
 Prints the result as JSON and as markdown rows for docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -52,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stats import bootstrap_ratio_ci, mann_whitney, percentile, spread  # noqa: E402
 
 from canaria import kube, reconcile, render, spec  # noqa: E402
+from devcluster import Cluster  # noqa: E402
 from devcluster.layout import Layout, Settings  # noqa: E402
 from tests.support.manifests import example_model_deployment, on_fake_node  # noqa: E402
 
@@ -342,6 +347,29 @@ def wait_settled(quiet_seconds: float = 15, timeout: float = 900) -> None:
             last, quiet_since = now, time.monotonic()
 
 
+@contextlib.contextmanager
+def own_cluster(state_dir: Path) -> Iterator[tuple[Path, int]]:
+    """(kubeconfig, operator pid): a control plane without add-ons, with the ModelDeployment and ServiceMonitor
+    CRDs, and the operator running against it; both stopped afterwards."""
+    cluster = Cluster.up(ROOT, Settings(state_dir=state_dir, bin_dir=LAYOUT.bin_dir, install_crds=False))
+    operator = None
+    try:
+        KUBECONFIG[0] = cluster.kubeconfig
+        monitors = [f for f in cluster.layout.crd_files if f.name == "monitoring.coreos.com_servicemonitors.yaml"]
+        for crd in [ROOT / "crds" / "serving.canaria.dev_modeldeployments.yaml", *monitors]:
+            kubectl("apply", "--server-side", "-f", str(crd))
+        kubectl("wait", "--for=condition=Established", "crd", "--all")
+        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "CANARIA_LOG_LEVEL": "WARNING"}
+        log = (state_dir / "operator.log").open("wb")
+        operator = subprocess.Popen([sys.executable, "-m", "canaria", "run"], env=env, stdout=log, stderr=log)
+        yield cluster.kubeconfig, operator.pid
+    finally:
+        if operator is not None:
+            operator.terminate()
+            operator.wait(timeout=30)
+        cluster.down()
+
+
 # -- report ------------------------------------------------------------------------------------------------------
 
 
@@ -396,9 +424,18 @@ def main() -> None:
     parser.add_argument("--gap", type=float, default=0.5, help="seconds of rest after each latency sample")
     parser.add_argument("--operator-pid", type=int)
     parser.add_argument("--kubeconfig", type=Path, default=LAYOUT.kubeconfig, help="default: the devcluster's")
+    parser.add_argument("--own-cluster", type=Path, metavar="STATE_DIR", help="start (and stop) a cluster there")
     args = parser.parse_args()
-    KUBECONFIG[0] = args.kubeconfig
-    pid = args.operator_pid or operator_pid()
+    with contextlib.ExitStack() as stack:
+        if args.own_cluster:
+            args.kubeconfig, args.operator_pid = stack.enter_context(own_cluster(args.own_cluster))
+        KUBECONFIG[0] = args.kubeconfig
+        result = run(args, args.operator_pid or operator_pid())
+    print(json.dumps(result, indent=2))
+    print(markdown(result))
+
+
+def run(args: argparse.Namespace, pid: int) -> dict[str, Any]:
     load_before = os.getloadavg()
     wait_settled()
     latency = bench_latency(args.samples, args.gap)
@@ -432,8 +469,7 @@ def main() -> None:
         "idle_seconds": args.idle,
         "idle_writes": idle_writes,
     }
-    print(json.dumps(result, indent=2))
-    print(markdown(result))
+    return result
 
 
 if __name__ == "__main__":
