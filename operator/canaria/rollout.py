@@ -17,7 +17,8 @@ Decision table, first match wins (R = spec.serving.replicas, V = the canary's ve
                                                                   [Normal RolloutStarted]; while Promoting, the
                                                                   promotion finishes first, then this row applies
   4. spec.rollout.abort == V, rollout under way                -> Aborted [Warning Aborted]
-  5. spec.rollout.promote == V, not Promoting yet              -> Promoting [Normal PromotionStarted]
+  5. spec.rollout.promote == V, under way, not Promoting yet   -> Promoting [Normal PromotionStarted]; to promote
+                                                                  a rolled-back version, retry it with promote set
   6. RolledBack or Aborted, spec.rollout.retry newly set to V  -> Progressing at step 0, counts reset
                                                                   [Normal RolloutRetried]; else it stays ended
   7. Promoting, the stable track runs V on R Ready pods        -> Succeeded, canary removed [Normal Promoted]
@@ -380,13 +381,17 @@ class _Pass:
         new_version = state.canary_model is None or model_hash(state.canary_model) != wanted
         if new_version and state.phase is not Phase.PROMOTING:
             return self.controls(self.start(state, model, "RolloutStarted"), retry_set=False)
-        return self.controls(state, retry_set)
+        decided = self.controls(state, retry_set)
+        if new_version and decided.phase is not Phase.PROMOTING:
+            return self.transition(decided)  # the promotion is over, either way: the version edited in starts now
+        return decided
 
     def controls(self, state: State, retry_set: bool) -> State:
         version = state.version
         if self.rollout.get("abort") == version and state.phase in UNDER_WAY:
             return self.end(state, Phase.ABORTED, "Aborted", f"spec.rollout.abort is {version}")
-        if self.rollout.get("promote") == version and state.phase not in (Phase.PROMOTING, Phase.SUCCEEDED):
+        # Only a rollout under way: a promotion rolled back at its deadline must not start again by itself.
+        if self.rollout.get("promote") == version and state.phase in (Phase.PROGRESSING, Phase.WAITING, Phase.PAUSED):
             return self.promote(state, f"spec.rollout.promote is {version}: promoted without further steps or analysis")
         if state.phase in ENDED_BADLY:
             if retry_set and self.rollout.get("retry") == version:
@@ -463,8 +468,7 @@ class _Pass:
         running = stable.ready if stable.model_hash == model_hash(state.canary_model or {}) else 0
         if running >= self.replicas:
             self.event("Normal", "Promoted", f"version {state.version} is stable: {running} pods serve it")
-            done = State(phase=Phase.SUCCEEDED, stable_model=state.canary_model, retried=state.retried)
-            return self.transition(done)  # a version edited in during the promotion starts now
+            return State(phase=Phase.SUCCEEDED, stable_model=state.canary_model, retried=state.retried)
         if running > state.ready_seen:
             return replace(state, ready_seen=running, progress_at=self.stamp)
         deadline = _deadline(self.spec, state)

@@ -352,6 +352,22 @@ def test_a_new_version_during_promotion_starts_once_the_promotion_is_done():
     assert plan.stable.model["version"] == "2.0" and plan.canary.model["version"] == "3.0"  # type: ignore[union-attr]
 
 
+def test_a_promotion_rolled_back_at_its_deadline_does_not_start_again_while_promote_stays_set():
+    run = shipped()
+    run.at(5, edit(run.spec, promote="2.0"), stable=TrackStatus())
+    assert run.at(605, stable=TrackStatus()).phase is Phase.ROLLED_BACK
+    plan = run.at(606, stable=TrackStatus())
+    assert plan.phase is Phase.ROLLED_BACK and plan.events == ()
+
+
+def test_a_version_edited_in_during_a_promotion_that_fails_starts_in_the_same_pass():
+    run = Run(make_spec(rollout={"strategy": "Immediate"}))
+    run.at(1, version(run.spec, "2.0"), stable=TrackStatus())
+    plan = run.at(601, version(run.spec, "3.0"), stable=TrackStatus())
+    assert reasons(plan) == ["RolledBack", "RolloutStarted"]
+    assert plan.phase is Phase.PROMOTING and plan.stable.model["version"] == "3.0"
+
+
 def test_reverting_spec_model_to_the_stable_version_ends_the_rollout_at_once_without_analysis():
     run = shipped()
     plan = run.at(12, version(run.spec, "1.0"), analysis=FAIL)
