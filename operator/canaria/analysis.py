@@ -123,10 +123,6 @@ class TemplateError(ValueError):
 PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 
 
-def unknown_variables(template: str) -> list[str]:
-    return [name for name in PLACEHOLDER.findall(template) if name not in VARIABLES]
-
-
 def render_query(template: str, variables: Mapping[str, str]) -> str:
     def substitute(match: re.Match[str]) -> str:
         name = match.group(1)

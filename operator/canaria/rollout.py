@@ -15,7 +15,8 @@ Decision table, first match wins (R = spec.serving.replicas, V = the canary's ve
                                                                   [Normal RolloutReverted]
   3. spec.model is new (not the canary) and not Promoting      -> Progressing at step 0, or Promoting if Immediate
                                                                   [Normal RolloutStarted]; while Promoting, the
-                                                                  promotion finishes first, then this row applies
+                                                                  promotion ends first (rows 4, 7, 8), and the new
+                                                                  version starts in that same pass
   4. spec.rollout.abort == V, rollout under way                -> Aborted [Warning Aborted]
   5. spec.rollout.promote == V, under way, not Promoting yet   -> Promoting [Normal PromotionStarted]; to promote
                                                                   a rolled-back version, retry it with promote set

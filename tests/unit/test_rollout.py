@@ -117,6 +117,7 @@ def test_a_new_version_goes_through_every_step_on_passing_analyses_and_is_promot
     assert run.state["step"] == 1 and reasons(plan) == ["Waiting"]
     plan = run.at(33)
     assert reasons(plan) == ["StepStarted"] and plan.effective_weight == 50
+    assert plan.message == "version 2.0: step 2 at 50%"
     for t in (43, 53):
         run.at(t, analysis=PASS)
     plan = run.at(63, analysis=PASS)
