@@ -34,6 +34,7 @@ def options_from(environ: Mapping[str, str]) -> Options:
         settings=Settings(
             packager_image=environ.get("CANARIA_PACKAGER_IMAGE", Settings.packager_image),
             cluster_domain=environ.get("CANARIA_CLUSTER_DOMAIN", Settings.cluster_domain),
+            prometheus_url=environ.get("CANARIA_PROMETHEUS_URL", Settings.prometheus_url),
         ),
         workers=int(environ.get("CANARIA_WORKERS", "20")),
         log_level=environ.get("CANARIA_LOG_LEVEL", "INFO").upper(),

@@ -31,6 +31,8 @@ QUANTITY_PATTERN = (
 # The one list of Canaria's built-in handlers: the CRD validates spec.model.handler against it and the packager
 # packs model_handlers/<name>.py for each (a test checks that the files and this list agree).
 BUILTIN_HANDLERS = ("image_classifier", "json_tensor")
+# The variables of a PromQL template (spec.rollout.analysis.metrics[].query), as canaria.analysis renders them.
+VARIABLE_NAMES = ("namespace", "name", "model", "track", "version", "interval")
 
 Schema = dict[str, Any]
 
@@ -445,17 +447,30 @@ def rollout_schema() -> Schema:
             ),
             "metrics": array(
                 "The checks. Defaults: error rate at most 1 percent, mean latency at most 20 percent "
-                "above the stable version's.",
+                "above the stable version's. An empty list judges nothing: each step lasts its pause.",
                 metric_schema(),
                 16,
+                default=[
+                    {"name": "error-rate", "builtin": "ErrorRate", "max": 1},
+                    {"name": "latency", "builtin": "MeanLatency", "maxIncreaseOverStablePercent": 20},
+                ],
+            ),
+            "prometheusUrl": string(
+                "Prometheus' HTTP API for this object's checks (e.g. http://prometheus.monitoring:9090). "
+                "Defaults to the operator's setting (Helm value prometheus.url).",
+                pattern=r"^https?://\S+$",
+                maxLength=512,
             ),
         },
-        default={
-            "metrics": [
-                {"name": "error-rate", "builtin": "ErrorRate", "max": 1},
-                {"name": "latency", "builtin": "MeanLatency", "maxIncreaseOverStablePercent": 20},
-            ]
-        },
+        rules=[
+            (
+                "!has(self.metrics) || self.metrics.all(m, !has(m.query) || m.query.findAll('[{][{][^{}]*[}][}]')"
+                ".all(v, v.matches('^[{][{] *(" + "|".join(VARIABLE_NAMES) + ") *[}][}]$')))",
+                "spec.rollout.analysis.metrics: a query uses an unknown variable; the known ones are "
+                + ", ".join("{{" + name + "}}" for name in VARIABLE_NAMES),
+            ),
+        ],
+        default={},
     )
     return obj(
         "How a new model version replaces the serving one. Edit spec.model.version to start a rollout; set "
@@ -489,6 +504,17 @@ def rollout_schema() -> Schema:
                 pattern=VERSION_PATTERN,
                 maxLength=40,
             ),
+            "retry": string(
+                "Set to the version of a rolled-back or aborted canary to roll it out again from the first "
+                "step. Acts once each time it is set to that version; ignored for any other version.",
+                pattern=VERSION_PATTERN,
+                maxLength=40,
+            ),
+            "progressDeadline": duration(
+                "How long a rollout may go without progress (a step starting, one more ready pod, a pass or "
+                "fail verdict) before it rolls back: canary pods that never become ready, or no data.",
+                "10m",
+            ),
         },
         rules=[
             (
@@ -503,6 +529,10 @@ def rollout_schema() -> Schema:
             (
                 "!has(self.promote) || !has(self.abort) || self.promote != self.abort",
                 "spec.rollout.promote and spec.rollout.abort name the same version: keep one",
+            ),
+            (
+                "!has(self.retry) || !has(self.abort) || self.retry != self.abort",
+                "spec.rollout.retry and spec.rollout.abort name the same version: keep one",
             ),
         ],
         default={},
@@ -568,9 +598,11 @@ PHASES = [
     "Serving",
     "ScaledToZero",
     "Progressing",
+    "Waiting",
     "Paused",
     "Promoting",
     "RolledBack",
+    "Aborted",
     "Degraded",
     "Failed",
 ]
@@ -597,9 +629,11 @@ def status_schema() -> Schema:
                 "Pending: the first version is not serving yet. Serving: the stable version serves, no "
                 "rollout. ScaledToZero: spec.serving.replicas is 0 and no pod runs; Ready is True (nothing "
                 "to wait for), Available is False with reason ScaledToZero. Progressing: a canary takes part "
-                "of the traffic. Paused: a rollout waits "
-                "(paused, or no data). Promoting: the canary passed and becomes stable. RolledBack: the "
-                "last canary failed and was removed; the stable version serves. Degraded: the stable "
+                "of the traffic. Waiting: a rollout step holds (canary pods not ready, or no data; see "
+                "status.rollout.reason) while its progress deadline runs. Paused: spec.rollout.paused holds "
+                "the rollout. Promoting: the canary passed and becomes stable. RolledBack: the "
+                "last canary failed and serves no traffic; the stable version serves. Aborted: "
+                "spec.rollout.abort named the canary, which serves no traffic. Degraded: the stable "
                 "version serves with fewer ready pods than wanted. Failed: nothing serves and a spec "
                 "change is needed.",
                 PHASES,
@@ -622,9 +656,20 @@ def status_schema() -> Schema:
                 "x-kubernetes-list-type": "map",
                 "x-kubernetes-list-map-keys": ["type"],
             },
+            "canaryReadyReplicas": integer("Canary pods ready (model loaded).", None, 0),
+            "requestedWeight": integer(
+                "The current step's weight. canaryWeight is the share the canary gets: in Service mode it "
+                "follows pod counts, so it is the closest share the replica counts allow.",
+                None,
+                0,
+                100,
+            ),
             "rollout": {
                 "type": "object",
-                "description": "Rollout state machine (internal, survives restarts).",
+                "description": "The rollout's state (canaria.rollout): phase, step, stepStartedAt, bakeStartedAt, "
+                "trafficWeight, canaryModel and canaryHash, each check's last value and verdict (checks), "
+                "failures in a row per check, the step's verdict history, reason and message. Everything a "
+                "restarted operator needs to continue where it was.",
                 "x-kubernetes-preserve-unknown-fields": True,
             },
         },
