@@ -50,6 +50,20 @@ def _mount(source: str | None, target: str, flags: int) -> None:
     _check(_libc.mount(encoded_source, target.encode(), None, flags, None), f"mount {target}")
 
 
+def _bind(fd: int, target: str) -> None:
+    """Bind-mounts the opened source onto target. The agent made the mount point, but another node agent on
+    this machine (a test's second cluster) may have just removed it as its own leftover: make it again."""
+    try:
+        _mount(f"/proc/self/fd/{fd}", target, MS_BIND | MS_REC)
+    except FileNotFoundError:
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            os.makedirs(target, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            open(target, "a").close()
+        _mount(f"/proc/self/fd/{fd}", target, MS_BIND | MS_REC)
+
+
 def start(plan: dict[str, Any]) -> None:
     """Everything up to exec; returns only by raising."""
     _setns(plan["netns"], CLONE_NEWNET)
@@ -60,7 +74,7 @@ def start(plan: dict[str, Any]) -> None:
     # and after the unshare (a bind mount's source must belong to the caller's mount namespace).
     sources = [os.open(mount["source"], os.O_PATH | os.O_CLOEXEC) for mount in plan["mounts"]]
     for fd, mount in zip(sources, plan["mounts"], strict=True):
-        _mount(f"/proc/self/fd/{fd}", mount["target"], MS_BIND | MS_REC)
+        _bind(fd, mount["target"])
         if mount["read_only"]:
             _mount(None, mount["target"], MS_REMOUNT | MS_BIND | MS_RDONLY)
         os.close(fd)

@@ -14,7 +14,7 @@ import yaml
 
 from devcluster import Cluster, Settings
 from tests.integration.conftest import CRD, ROOT, Operator, condition, kubectl, wait_for
-from tests.support.manifests import example_model_deployment
+from tests.support.manifests import example_model_deployment, on_fake_node
 
 pytestmark = pytest.mark.cluster
 
@@ -40,7 +40,7 @@ def test_service_monitor_follows_its_crd(bare_cluster: Cluster) -> None:
     operator.start()
     try:
         kubectl("create", "namespace", "t-monitoring", kubeconfig=config)
-        body = yaml.safe_dump(example_model_deployment())
+        body = yaml.safe_dump(on_fake_node(example_model_deployment()))
         kubectl("apply", "-n", "t-monitoring", "-f", "-", input=body, kubeconfig=config)
         kubectl("wait", "-n", "t-monitoring", "--for=condition=Ready", "--timeout=60s", "md/cifar10", kubeconfig=config)
         monitoring = condition(md(), "ServiceMonitorReady")
