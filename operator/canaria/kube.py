@@ -34,6 +34,7 @@ PLURALS = {
     ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",
     ("apps/v1", "Deployment"): "deployments",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitors",
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproutes",
     (f"{schema.GROUP}/{schema.VERSION}", schema.KIND): schema.PLURAL,
 }
 
@@ -142,9 +143,8 @@ class Kube:
         self.request("DELETE", path, body={"propagationPolicy": "Background"})
 
     def patch_status(self, md: Object, status: Object) -> None:
-        """Replace status with a merge patch (fields we dropped are nulled)."""
-        old = md.get("status") or {}
-        patch = {**{key: None for key in old if key not in status}, **status}
+        """Replace status with a merge patch (fields we dropped are nulled, at every depth)."""
+        patch = replacing_merge_patch(md.get("status") or {}, status)
         self.request(
             "PATCH", f"{object_path(md)}/status", body={"status": patch}, content_type="application/merge-patch+json"
         )
@@ -175,6 +175,18 @@ class Kube:
                 "reportingComponent": "canaria",
             },
         )
+
+
+def replacing_merge_patch(old: Object, new: Object) -> Object:
+    """A JSON merge patch (RFC 7386) that turns `old` into exactly `new`: a merge patch merges nested objects,
+    so a key dropped anywhere (e.g. status.rollout.pausedAt) must be nulled explicitly. Lists are replaced whole."""
+    patch: Object = {key: None for key in old if key not in new}
+    for key, value in new.items():
+        before = old.get(key)
+        patch[key] = (
+            replacing_merge_patch(before, value) if isinstance(value, dict) and isinstance(before, dict) else value
+        )
+    return patch
 
 
 def _mapped_error(method: str, path: str, status: int, data: bytes) -> Exception:

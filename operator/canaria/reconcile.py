@@ -12,11 +12,12 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from canaria import render, schema, spec, status
+from canaria import analysis, render, rollout, schema, spec, status
 from canaria.kube import Kube, NamespaceTerminating, Rejected, Unavailable
-from canaria.render import STABLE, Settings
+from canaria.prometheus import Prometheus
+from canaria.render import CANARY, STABLE, Settings
 from canaria.spec import Object
-from canaria.status import Facts, Problem
+from canaria.status import Facts, Problem, RolloutFacts
 
 MD_API_VERSION = f"{schema.GROUP}/{schema.VERSION}"
 SERVICE_MONITOR_API = "monitoring.coreos.com/v1"
@@ -30,7 +31,8 @@ class Observation:
     children: dict[tuple[str, str], Object | None] = field(default_factory=dict)  # (kind, name) -> object
     service_monitor_api: bool = False
     unresolved: list[Problem] = field(default_factory=list)
-    pods: list[Object] = field(default_factory=list)
+    pods: list[Object] = field(default_factory=list)  # every serving pod of the object, both tracks
+    config_maps: list[str] = field(default_factory=list)  # names of the object's ConfigMaps
 
 
 # -- decide (pure) ----------------------------------------------------------------------------------------
@@ -67,26 +69,50 @@ def needs_apply(desired: Object, live: Object | None) -> bool:
     return live is None or not is_subset(desired, live)
 
 
-def desired_children(md: Object, settings: Settings, service_monitor_api: bool) -> list[Object]:
-    model = md["spec"]["model"]
-    replicas = md["spec"]["serving"]["replicas"]
-    children = [
-        render.config_map(md, STABLE, model),
-        render.deployment(md, STABLE, model, replicas, settings),
-        render.service(md),
-    ]
+def gateway_mode(md: Object) -> bool:
+    return bool(md["spec"]["traffic"]["mode"] == "GatewayAPI")
+
+
+def desired_children(md: Object, plan: rollout.Plan, settings: Settings, service_monitor_api: bool) -> list[Object]:
+    """Each track runs the model the plan gives it; GatewayAPI mode adds a Service per track and the route."""
+    tracks = [(STABLE, plan.stable)] + ([(CANARY, plan.canary)] if plan.canary else [])
+    children = []
+    for track, wanted in tracks:
+        children.append(render.config_map(md, track, wanted.model))
+        children.append(render.deployment(md, track, wanted.model, wanted.replicas, settings))
+    children.append(render.service(md))
+    if gateway_mode(md):
+        weights = plan.route_weights or {STABLE: 100, CANARY: 0}
+        children += [render.track_service(md, STABLE), render.track_service(md, CANARY), render.http_route(md, weights)]
     if md["spec"]["monitoring"]["serviceMonitor"]["enabled"] and service_monitor_api:
         children.append(render.service_monitor(md))
     return [with_applied_hash(child) for child in children]
 
 
-def unwanted_children(md: Object, observation: Observation) -> list[tuple[str, str, str]]:
-    """(apiVersion, kind, name) of children that exist but should not (a ServiceMonitor switched off)."""
+def config_maps_in_use(pods: list[Object]) -> set[str]:
+    return {
+        volume["configMap"]["name"]
+        for pod in pods
+        for volume in (pod.get("spec") or {}).get("volumes") or []
+        if volume.get("configMap")
+    }
+
+
+def unwanted_children(md: Object, observation: Observation, desired: list[Object]) -> list[tuple[str, str, str]]:
+    """(apiVersion, kind, name) of children that exist but should not: a ServiceMonitor switched off, the canary
+    Deployment once no canary runs, and ConfigMaps no desired Deployment and no pod uses any more (a pod of an
+    old ReplicaSet still mounts its own until it goes)."""
+    wanted = {(child["kind"], child["metadata"]["name"]) for child in desired}
+    unwanted = []
     name = render.service_name(md)
-    switched_off = not md["spec"]["monitoring"]["serviceMonitor"]["enabled"]
-    if switched_off and observation.children.get(("ServiceMonitor", name)):
-        return [(SERVICE_MONITOR_API, "ServiceMonitor", name)]
-    return []
+    if observation.children.get(("ServiceMonitor", name)) and ("ServiceMonitor", name) not in wanted:
+        unwanted.append((SERVICE_MONITOR_API, "ServiceMonitor", name))
+    canary = render.deployment_name(md, CANARY)
+    if observation.children.get(("Deployment", canary)) and ("Deployment", canary) not in wanted:
+        unwanted.append(("apps/v1", "Deployment", canary))
+    in_use = config_maps_in_use(observation.pods) | {n for kind, n in wanted if kind == "ConfigMap"}
+    unwanted += [("v1", "ConfigMap", n) for n in sorted(observation.config_maps) if n not in in_use]
+    return unwanted
 
 
 def service_monitor_problem(md: Object, api_served: bool) -> Problem | None:
@@ -102,14 +128,54 @@ def service_monitor_problem(md: Object, api_served: bool) -> Problem | None:
     return None
 
 
+def pods_of(pods: list[Object], track: str, model_hash: str | None = None) -> list[Object]:
+    """A track's pods; with `model_hash`, only those running that model."""
+    return [
+        pod
+        for pod in pods
+        if (pod["metadata"].get("labels") or {}).get(render.TRACK_LABEL) == track
+        and (
+            model_hash is None
+            or (pod["metadata"].get("annotations") or {}).get(render.MODEL_HASH_ANNOTATION) == model_hash
+        )
+    ]
+
+
+def track_status(md: Object, observation: Observation, track: str) -> rollout.TrackStatus:
+    """The model a track's Deployment runs (its pod template's model hash) and its Ready pods running it."""
+    deployment = observation.children.get(("Deployment", render.deployment_name(md, track)))
+    if deployment is None:
+        return rollout.TrackStatus()
+    template = deployment["spec"]["template"]["metadata"]
+    model_hash = (template.get("annotations") or {}).get(render.MODEL_HASH_ANNOTATION, "")
+    ready = sum(status.pod_ready(pod) for pod in pods_of(observation.pods, track, model_hash))
+    return rollout.TrackStatus(model_hash, ready)
+
+
+def canary_failure(md: Object, observation: Observation, state: Object) -> str | None:
+    """Why the canary's pods will not become Ready, if so (packaging failed, crash loop, image pull)."""
+    canary_model = state.get("canaryModel")
+    if not canary_model:
+        return None
+    pods = pods_of(observation.pods, CANARY, render.content_hash(canary_model))
+    problems = status.pod_failures(pods)
+    return "; ".join(problem.message for problem in problems) or None
+
+
 def facts_of(
-    md: Object, observation: Observation, applied: list[Object], rejected: list[Problem], settings: Settings
+    md: Object,
+    observation: Observation,
+    plan: rollout.Plan,
+    applied: list[Object],
+    rejected: list[Problem],
+    settings: Settings,
 ) -> Facts:
-    wanted = md["spec"]["serving"]["replicas"]
+    wanted = plan.stable.replicas
     deployment = observation.children.get(("Deployment", render.deployment_name(md, STABLE)))
     complete, ready = status.deployment_complete(deployment, wanted)
     changed_deployment = any(obj["kind"] == "Deployment" for obj in applied)
-    failures = [*rejected, *status.pod_failures(observation.pods)]
+    stable_pods = pods_of(observation.pods, STABLE)
+    failures = [*rejected, *status.pod_failures(stable_pods)]
     if status.progress_deadline_exceeded(deployment) and not changed_deployment:
         failures.append(
             Problem(
@@ -119,9 +185,14 @@ def facts_of(
                 f"{render.OWNER_LABEL}={md['metadata']['name']}`",
             )
         )
+    canary_ready = 0
+    if plan.canary is not None:
+        canary_ready = sum(
+            status.pod_ready(p) for p in pods_of(observation.pods, CANARY, render.content_hash(plan.canary.model))
+        )
     return Facts(
         generation=md["metadata"].get("generation", 0),
-        version=md["spec"]["model"]["version"],
+        version=plan.stable.model["version"],
         wanted_replicas=wanted,
         ready_replicas=ready,
         rollout_complete=complete and not changed_deployment and not observation.unresolved,
@@ -130,7 +201,16 @@ def facts_of(
         waiting=status.pods_waiting(observation.pods),
         service_monitor=service_monitor_problem(md, observation.service_monitor_api),
         url=render.inference_url(md, settings),
-        digests=status.ready_pod_digests(observation.pods, render.VERSION_LABEL),
+        digests=status.ready_pod_digests(stable_pods, render.VERSION_LABEL),
+        rollout=RolloutFacts(
+            phase=str(plan.phase),
+            message=plan.message,
+            state=plan.state,
+            canary_version=str(plan.canary.model["version"]) if plan.canary else "",
+            requested_weight=plan.requested_weight,
+            effective_weight=plan.effective_weight,
+            canary_ready=canary_ready,
+        ),
     )
 
 
@@ -166,17 +246,72 @@ def observe(kube: Kube, md: Object) -> Observation:
     namespace = md["metadata"]["namespace"]
     observation = Observation(service_monitor_api=kube.serves(SERVICE_MONITOR_API, "ServiceMonitor"))
     kinds = [
-        ("v1", "ConfigMap", render.config_map_name(md, STABLE)),
         ("apps/v1", "Deployment", render.deployment_name(md, STABLE)),
+        ("apps/v1", "Deployment", render.deployment_name(md, CANARY)),
         ("v1", "Service", render.service_name(md)),
     ]
+    if gateway_mode(md):
+        kinds += [
+            ("v1", "Service", render.track_service_name(md, STABLE)),
+            ("v1", "Service", render.track_service_name(md, CANARY)),
+            (render.GATEWAY_API, "HTTPRoute", render.service_name(md)),
+        ]
     if observation.service_monitor_api:
         kinds.append((SERVICE_MONITOR_API, "ServiceMonitor", render.service_name(md)))
     for api_version, kind, name in kinds:
         observation.children[(kind, name)] = kube.get(api_version, kind, namespace, name)
+    owned = {render.OWNER_LABEL: md["metadata"]["name"], render.MANAGED_BY: "canaria"}
+    config_maps = kube.list("v1", "ConfigMap", namespace, owned)
+    observation.config_maps = [config_map["metadata"]["name"] for config_map in config_maps]
+    for config_map in config_maps:
+        observation.children[("ConfigMap", config_map["metadata"]["name"])] = config_map
     observation.unresolved = unresolved_references(kube, md)
-    observation.pods = kube.list("v1", "Pod", namespace, render.track_labels(md, STABLE))
+    observation.pods = kube.list("v1", "Pod", namespace, owned)
     return observation
+
+
+class _NoPrometheus:
+    """The provider when no Prometheus address is set: every query has no data, and says why."""
+
+    def query(self, promql: str) -> float | analysis.NoData:
+        return analysis.NoData(
+            analysis.Missing.UNREACHABLE,
+            "no Prometheus address: set the operator's CANARIA_PROMETHEUS_URL (Helm prometheus.url) or "
+            "spec.rollout.analysis.prometheusUrl",
+        )
+
+
+def measure_canary(md: Object, state: Object, settings: Settings) -> analysis.Assessment:
+    """One analysis interval: the canary's and the stable track's numbers from Prometheus, judged."""
+    checks = md["spec"]["rollout"]["analysis"]
+    url = checks.get("prometheusUrl") or settings.prometheus_url
+    provider: analysis.Provider = Prometheus(url) if url else _NoPrometheus()
+    interval = analysis.duration_seconds(checks["interval"])
+
+    def target(track: str, model: Object) -> analysis.Target:
+        meta = md["metadata"]
+        return analysis.Target(meta["namespace"], meta["name"], spec.model_name(md), track, model["version"], interval)
+
+    measurements = analysis.measure(
+        provider,
+        analysis.checks_of(checks),
+        target(CANARY, state.get("canaryModel") or {"version": ""}),
+        target(STABLE, state.get("stableModel") or {"version": ""}),
+    )
+    return analysis.assess(measurements, checks)
+
+
+def observe_rollout(
+    md: Object, observation: Observation, state: Object, now: datetime.datetime, settings: Settings
+) -> rollout.Observation:
+    """What decide() needs: each track's model and Ready pods, canary failures, and Prometheus when due."""
+    due = rollout.analysis_due(md["spec"], state, now)
+    return rollout.Observation(
+        stable=track_status(md, observation, STABLE),
+        canary=track_status(md, observation, CANARY),
+        canary_failure=canary_failure(md, observation, state),
+        analysis=measure_canary(md, state, settings) if due else None,
+    )
 
 
 # -- one pass -----------------------------------------------------------------------------------------------
@@ -185,6 +320,9 @@ def observe(kube: Kube, md: Object) -> Observation:
 # in flight, not every object ever seen.
 RETRY_FIRST_SECONDS = 1.0
 RETRY_MAX_SECONDS = 60.0
+# Timers fire a little after the due time: status keeps milliseconds, and a pass a hair early would find
+# nothing due and only schedule itself again.
+TIMER_SLACK_SECONDS = 0.05
 
 
 @dataclass
@@ -267,41 +405,75 @@ def _retry_later(key: tuple[str, str], entry: Requests, error: Unavailable, args
 
 
 def apply_children(
-    kube: Kube, md: Object, observation: Observation, settings: Settings
+    kube: Kube, md: Object, observation: Observation, plan: rollout.Plan, settings: Settings
 ) -> tuple[list[Object], list[Problem]]:
-    """Apply what differs from the desired state; returns (applied, rejected by the API server)."""
+    """Apply what differs from the desired state, then remove what is no longer wanted; returns (applied,
+    rejected by the API server)."""
     applied, rejected = [], []
-    for desired in desired_children(md, settings, observation.service_monitor_api):
-        if not needs_apply(desired, observation.children.get((desired["kind"], desired["metadata"]["name"]))):
+    desired = desired_children(md, plan, settings, observation.service_monitor_api)
+    for child in desired:
+        if not needs_apply(child, observation.children.get((child["kind"], child["metadata"]["name"]))):
             continue
         try:
-            kube.apply(desired)
-            applied.append(desired)
+            kube.apply(child)
+            applied.append(child)
         except Rejected as error:
             rejected.append(
-                Problem("Rejected", f"the API server rejected {desired['kind']} {desired['metadata']['name']}: {error}")
+                Problem("Rejected", f"the API server rejected {child['kind']} {child['metadata']['name']}: {error}")
             )
-    for api_version, kind, child in unwanted_children(md, observation):
-        kube.delete(api_version, kind, md["metadata"]["namespace"], child)
+    for api_version, kind, name in unwanted_children(md, observation, desired):
+        kube.delete(api_version, kind, md["metadata"]["namespace"], name)
     return applied, rejected
 
 
 def _reconcile(kube: Kube, namespace: str, name: str, settings: Settings) -> Object | None:
     live = kube.get(MD_API_VERSION, schema.KIND, namespace, name)
     if live is None or live["metadata"].get("deletionTimestamp"):
+        _look_again(kube, namespace, name, settings, None)
         return None
     md = spec.defaulted(live)
+    old = live.get("status") or {}
     observation = observe(kube, md)
+    clock = datetime.datetime.now(datetime.UTC)
+    state = old.get("rollout") or {}
+    plan = rollout.decide(md["spec"], state, observe_rollout(md, observation, state, clock, settings), clock)
     applied: list[Object] = []
     rejected: list[Problem] = []
     if not observation.unresolved:  # never touch what serves while a reference is broken
-        applied, rejected = apply_children(kube, md, observation, settings)
+        applied, rejected = apply_children(kube, md, observation, plan, settings)
     now = utc_now()
-    old = live.get("status") or {}
-    new = status.derive(old, facts_of(md, observation, applied, rejected, settings), now)
+    new = status.derive(old, facts_of(md, observation, plan, applied, rejected, settings), now)
     if new != old:
         kube.patch_status(live, new)
-        event = status.transition_event(old, new)
-        if event:
-            kube.event(live, *event, now=now)
+        transition = status.transition_event(old, new)
+        for event in plan.events:
+            kube.event(live, event.type, event.reason, event.message, now=now)
+        if transition and not plan.events:  # the rollout's own Events already say what changed
+            kube.event(live, *transition, now=now)
+    _look_again(kube, namespace, name, settings, plan.requeue_after)
     return new
+
+
+# A step's end, the next analysis or a deadline: one timer per object, replaced by each pass (which knows best).
+_timers: dict[tuple[str, str], threading.Timer] = {}
+
+
+def _look_again(kube: Kube, namespace: str, name: str, settings: Settings, after: float | None) -> None:
+    key = (namespace, name)
+    with _table_lock:
+        previous = _timers.pop(key, None)
+        if previous:
+            previous.cancel()
+        if after is None:
+            return
+        timer = threading.Timer(after + TIMER_SLACK_SECONDS, _due, args=(kube, namespace, name, settings))
+        timer.daemon = True
+        _timers[key] = timer
+        timer.start()
+
+
+def _due(kube: Kube, namespace: str, name: str, settings: Settings) -> None:
+    try:
+        reconcile(kube, namespace, name, settings)
+    except Exception:  # a timer thread has no caller to report to: log, the next event or resync runs again
+        log.exception("%s/%s: the scheduled pass failed", namespace, name)

@@ -20,6 +20,10 @@ OWNER_LABEL = f"{schema.GROUP}/model-deployment"
 TRACK_LABEL = f"{schema.GROUP}/track"
 VERSION_LABEL = f"{schema.GROUP}/version"
 CONFIG_HASH_ANNOTATION = f"{schema.GROUP}/config-hash"
+# The model a Deployment's pods run (content_hash of the track's spec.model, equal to canaria.rollout.model_hash):
+# how a pass tells which model each track runs and which ready pods run it.
+MODEL_HASH_ANNOTATION = f"{schema.GROUP}/model-hash"
+GATEWAY_API = "gateway.networking.k8s.io/v1"
 
 INFERENCE_PORT, MANAGEMENT_PORT, METRICS_PORT = 8080, 8081, 8082
 MODEL_STORE = "/home/model-server/model-store"
@@ -37,10 +41,11 @@ TORCHSERVE_UID = 1000  # the model-server user of the TorchServe images
 
 @dataclass(frozen=True)
 class Settings:
-    """Operator-wide settings that shape rendered objects (from the Helm chart, via environment)."""
+    """Operator-wide settings (from the Helm chart, via environment)."""
 
     packager_image: str = "ghcr.io/canaria-dev/canaria-packager:0.1.0"
     cluster_domain: str = "cluster.local"
+    prometheus_url: str = ""  # rollout analyses' default Prometheus; "" means none (every check has no data)
 
 
 # -- names and labels -----------------------------------------------------------------------------------
@@ -50,12 +55,19 @@ def deployment_name(md: Object, track: str) -> str:
     return f"{md['metadata']['name']}-{track}"
 
 
-def config_map_name(md: Object, track: str) -> str:
-    return f"{md['metadata']['name']}-{track}-config"
+def config_map_name(md: Object, track: str, model: Object) -> str:
+    """Named by its content: a track's ConfigMap never changes under its running pods (it is immutable), and
+    a stable pod that restarts mid-rollout reads the stable configuration, not the canary's."""
+    return f"{md['metadata']['name']}-{track}-config-{content_hash(config_data(md, model))[:10]}"
 
 
 def service_name(md: Object) -> str:
     return str(md["metadata"]["name"])
+
+
+def track_service_name(md: Object, track: str) -> str:
+    """A Service over one track's pods only (GatewayAPI mode: the HTTPRoute's backends)."""
+    return f"{md['metadata']['name']}-{track}"
 
 
 def common_labels(md: Object) -> dict[str, str]:
@@ -139,12 +151,17 @@ def readiness_script() -> str:
     return (Path(__file__).parent / "probes" / "model_ready.py").read_text()
 
 
+def config_data(md: Object, model: Object) -> dict[str, str]:
+    return {"config.properties": config_properties(md, model), "model_ready.py": readiness_script()}
+
+
 def config_map(md: Object, track: str, model: Object) -> Object:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(md, config_map_name(md, track), track_labels(md, track)),
-        "data": {"config.properties": config_properties(md, model), "model_ready.py": readiness_script()},
+        "metadata": _metadata(md, config_map_name(md, track, model), track_labels(md, track)),
+        "immutable": True,
+        "data": config_data(md, model),
     }
 
 
@@ -160,6 +177,8 @@ def packager_args(md: Object, model: Object) -> list[str]:
     pvc = spec.pvc_source(model)
     source = f"{PVC_MOUNT}/{pvc[1]}" if pvc else model["storageUri"]
     args = ["--name", spec.model_name(md), "--version", model["version"], "--source", source]
+    if pvc:  # the torchserve container mounts the claim too: the archive links to its files, copies none
+        args.append("--source-in-place")
     optional = [
         ("--sha256", model.get("sha256")),
         ("--serialized-file", model.get("serializedFile")),
@@ -275,6 +294,8 @@ def torchserve_container(md: Object, model: Object) -> dict[str, Any]:
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": TMP_DIR},
             {"name": "logs", "mountPath": LOG_DIR},
+            # A pvc:// source's files are linked into the archive: served from the claim, at the same path.
+            *([{"name": "model-source", "mountPath": PVC_MOUNT, "readOnly": True}] if spec.pvc_source(model) else []),
         ],
     }
 
@@ -284,7 +305,7 @@ def pod_spec(md: Object, track: str, model: Object, settings: Settings) -> dict[
     scratch_limit = serving["modelStoreSizeLimit"]
     volumes: list[dict[str, Any]] = [
         {"name": "model-store", "emptyDir": {"sizeLimit": scratch_limit}},
-        {"name": "config", "configMap": {"name": config_map_name(md, track)}},
+        {"name": "config", "configMap": {"name": config_map_name(md, track, model)}},
         # A zip archive is unpacked under /tmp: it may hold a model as large as the store.
         {"name": "tmp", "emptyDir": {"sizeLimit": scratch_limit}},
         # No limit: TorchServe's log4j rolls its files by size and day but never deletes them, and a full
@@ -320,7 +341,10 @@ def pod_spec(md: Object, track: str, model: Object, settings: Settings) -> dict[
 def deployment(md: Object, track: str, model: Object, replicas: int, settings: Settings) -> Object:
     labels = track_labels(md, track)
     pod_labels = {**labels, VERSION_LABEL: model["version"]}
-    config_hash = content_hash(config_map(md, track, model)["data"])
+    annotations = {
+        CONFIG_HASH_ANNOTATION: content_hash(config_data(md, model)),
+        MODEL_HASH_ANNOTATION: content_hash(model),
+    }
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -333,7 +357,7 @@ def deployment(md: Object, track: str, model: Object, replicas: int, settings: S
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "selector": {"matchLabels": {OWNER_LABEL: md["metadata"]["name"], TRACK_LABEL: track}},
             "template": {
-                "metadata": {"labels": pod_labels, "annotations": {CONFIG_HASH_ANNOTATION: config_hash}},
+                "metadata": {"labels": pod_labels, "annotations": annotations},
                 "spec": pod_spec(md, track, model, settings),
             },
         },
@@ -343,8 +367,15 @@ def deployment(md: Object, track: str, model: Object, replicas: int, settings: S
 # -- network and monitoring -----------------------------------------------------------------------------
 
 
+SERVICE_PORTS = [
+    {"name": "http", "port": INFERENCE_PORT, "targetPort": "http", "protocol": "TCP"},
+    {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
+]
+
+
 def service(md: Object) -> Object:
-    """One Service over every track: inference and metrics ports, never the management port."""
+    """One Service over every track (Service mode: the split follows pod counts): inference and metrics ports,
+    never the management port. The ServiceMonitor scrapes every pod through it, in both modes."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -352,11 +383,48 @@ def service(md: Object) -> Object:
         "spec": {
             "type": "ClusterIP",
             "selector": {OWNER_LABEL: md["metadata"]["name"], "app.kubernetes.io/component": "predictor"},
-            "ports": [
-                {"name": "http", "port": INFERENCE_PORT, "targetPort": "http", "protocol": "TCP"},
-                {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
-            ],
+            "ports": SERVICE_PORTS,
         },
+    }
+
+
+def track_service(md: Object, track: str) -> Object:
+    """GatewayAPI mode: one track's pods, a backend of the HTTPRoute. Not labelled like the shared Service, so
+    the ServiceMonitor (which selects by those labels) scrapes each pod once."""
+    labels = {MANAGED_BY: "canaria", OWNER_LABEL: md["metadata"]["name"], TRACK_LABEL: track}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(md, track_service_name(md, track), labels),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {OWNER_LABEL: md["metadata"]["name"], TRACK_LABEL: track},
+            "ports": [SERVICE_PORTS[0]],
+        },
+    }
+
+
+def http_route(md: Object, weights: dict[str, int]) -> Object:
+    """GatewayAPI mode: the exact split, {track: weight}, attached to spec.traffic.gateway.parentRefs."""
+    gateway = md["spec"]["traffic"]["gateway"]
+    route_spec: dict[str, Any] = {
+        "parentRefs": gateway["parentRefs"],
+        "rules": [
+            {
+                "backendRefs": [
+                    {"name": track_service_name(md, track), "port": INFERENCE_PORT, "weight": weight}
+                    for track, weight in weights.items()
+                ]
+            }
+        ],
+    }
+    if gateway.get("hostnames"):
+        route_spec["hostnames"] = gateway["hostnames"]
+    return {
+        "apiVersion": GATEWAY_API,
+        "kind": "HTTPRoute",
+        "metadata": _metadata(md, service_name(md), common_labels(md)),
+        "spec": route_spec,
     }
 
 

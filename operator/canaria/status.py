@@ -65,6 +65,25 @@ class Facts:
     service_monitor: Problem | None = None  # why there is no ServiceMonitor, if there is none
     url: str = ""
     digests: dict[str, str] = field(default_factory=dict)  # version -> archive digest its ready pods report
+    rollout: RolloutFacts | None = None  # the rollout's plan for this pass (canaria.rollout), if any
+
+
+@dataclass(frozen=True)
+class RolloutFacts:
+    """What status shows of the rollout's plan (canaria.rollout.Plan), as plain values."""
+
+    phase: str  # canaria.rollout.Phase
+    message: str
+    state: Object  # the new status.rollout, written whole
+    canary_version: str = ""
+    requested_weight: int = 0
+    effective_weight: int = 0
+    canary_ready: int = 0
+
+
+# Rollout phases shown as is; Succeeded shows as Serving (the promoted version serves everything).
+ROLLOUT_UNDER_WAY = ("Progressing", "Waiting", "Paused", "Promoting")
+ROLLOUT_ENDED_BADLY = ("RolledBack", "Aborted")
 
 
 # Container waiting reasons that no amount of waiting fixes, with the status reason they map to.
@@ -136,12 +155,12 @@ def ready_pod_digests(pods: list[Object], version_label: str) -> dict[str, str]:
     for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or ""):
         version = (pod["metadata"].get("labels") or {}).get(version_label)
         digest = archive_digest(pod)
-        if version and digest and _pod_ready(pod):
+        if version and digest and pod_ready(pod):
             digests[version] = digest
     return digests
 
 
-def _pod_ready(pod: Object) -> bool:
+def pod_ready(pod: Object) -> bool:
     conditions = (pod.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
@@ -211,8 +230,15 @@ def derive(old: Object, facts: Facts, now: str) -> Object:
         monitor.message if monitor else "the ServiceMonitor exists",
     )
 
-    blocking = unresolved + facts.failures
+    stable_blocking = blocking = unresolved + facts.failures
     ready = not blocking and facts.rollout_complete
+    rollout = facts.rollout
+    under_way = rollout is not None and rollout.phase in ROLLOUT_UNDER_WAY
+    ended_badly = rollout is not None and rollout.phase in ROLLOUT_ENDED_BADLY
+    if rollout is not None and (under_way or ended_badly) and not unresolved:
+        # A rollout under way is not yet what the spec asks (Reconciling); one that failed needs the user (Stalled).
+        ready = False
+        blocking = [*blocking, Problem(rollout.phase, rollout.message)] if ended_badly else blocking
     if ready and scaled_to_zero:
         reason, message = (
             "ScaledToZero",
@@ -225,6 +251,8 @@ def derive(old: Object, facts: Facts, now: str) -> Object:
         )
     elif blocking:
         reason, message = blocking[0].reason, "; ".join(p.message for p in blocking)
+    elif under_way and rollout is not None:
+        reason, message = rollout.phase, rollout.message
     else:
         reason, message = (
             "RollingOut",
@@ -247,6 +275,8 @@ def derive(old: Object, facts: Facts, now: str) -> Object:
 
     if ready:
         phase = "ScaledToZero" if scaled_to_zero else "Serving"
+    elif rollout is not None and (under_way or ended_badly) and not stable_blocking:
+        phase = rollout.phase
     elif blocking:
         phase = "Degraded" if serving else "Failed"
     else:
@@ -258,8 +288,8 @@ def derive(old: Object, facts: Facts, now: str) -> Object:
         "message": message,
         # The version that last served with every wanted pod ready; scaling to zero proves nothing new.
         "stableVersion": facts.version if ready and not scaled_to_zero else old.get("stableVersion", ""),
-        "canaryVersion": "",
-        "canaryWeight": 0,
+        "canaryVersion": rollout.canary_version if rollout else "",
+        "canaryWeight": rollout.effective_weight if rollout else 0,
         "replicas": facts.wanted_replicas,
         "readyReplicas": facts.ready_replicas,
         "ready": f"{facts.ready_replicas}/{facts.wanted_replicas}",
@@ -273,7 +303,11 @@ def derive(old: Object, facts: Facts, now: str) -> Object:
         digest = old.get("modelDigest")
     if digest:
         new["modelDigest"] = digest
-    if "rollout" in old:
+    if rollout is not None:
+        new["requestedWeight"] = rollout.requested_weight
+        new["canaryReadyReplicas"] = rollout.canary_ready
+        new["rollout"] = rollout.state
+    elif "rollout" in old:
         new["rollout"] = old["rollout"]
     return fitted(new, STATUS_SCHEMA)
 

@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import copy
+import datetime
 import threading
 import time
 
 import pytest
 
-from canaria import reconcile, render
+from canaria import reconcile, render, rollout
 from canaria.kube import Unavailable
 from canaria.reconcile import Observation
 from canaria.render import Settings
 from tests.unit.conftest import model_deployment
 
 SETTINGS = Settings()
+NOW = datetime.datetime(2026, 11, 28, 12, 0, tzinfo=datetime.UTC)
+
+
+def first_plan(md):
+    """The plan of the first pass: the first version is stable, no canary."""
+    return rollout.decide(md["spec"], {}, rollout.Observation(), NOW)
+
+
+def desired(md, service_monitor_api=True, plan=None):
+    return reconcile.desired_children(md, plan or first_plan(md), SETTINGS, service_monitor_api)
 
 
 def live_copy(obj, **server_additions):
@@ -25,50 +36,52 @@ def live_copy(obj, **server_additions):
 
 
 def test_children_are_stamped_with_a_hash_of_themselves(md):
-    children = reconcile.desired_children(md, SETTINGS, service_monitor_api=True)
+    children = desired(md)
     assert [c["kind"] for c in children] == ["ConfigMap", "Deployment", "Service", "ServiceMonitor"]
     for child in children:
         assert reconcile.APPLIED_HASH_ANNOTATION in child["metadata"]["annotations"]
 
 
 def test_no_service_monitor_without_its_crd_or_when_disabled():
-    kinds = [c["kind"] for c in reconcile.desired_children(model_deployment(), SETTINGS, False)]
+    kinds = [c["kind"] for c in desired(model_deployment(), False)]
     assert "ServiceMonitor" not in kinds
     disabled = model_deployment(monitoring={"serviceMonitor": {"enabled": False}})
-    assert "ServiceMonitor" not in [c["kind"] for c in reconcile.desired_children(disabled, SETTINGS, True)]
+    assert "ServiceMonitor" not in [c["kind"] for c in desired(disabled)]
 
 
 def test_live_object_with_server_defaults_needs_no_apply(md):
-    desired = reconcile.desired_children(md, SETTINGS, True)[1]
-    live = live_copy(desired, status={"readyReplicas": 1})
+    wanted = desired(md)[1]
+    live = live_copy(wanted, status={"readyReplicas": 1})
     live["spec"]["template"]["spec"]["dnsPolicy"] = "ClusterFirst"
     del live["spec"]["template"]["spec"]["initContainers"][0]["env"]  # the server drops an empty list
-    assert reconcile.needs_apply(desired, live) is False
+    assert reconcile.needs_apply(wanted, live) is False
 
 
 def test_hand_edits_are_drift(md):
-    desired = reconcile.desired_children(md, SETTINGS, True)[1]
-    scaled = live_copy(desired)
+    wanted = desired(md)[1]
+    scaled = live_copy(wanted)
     scaled["spec"]["replicas"] = 5
-    assert reconcile.needs_apply(desired, scaled)
-    extra_env = live_copy(desired)
+    assert reconcile.needs_apply(wanted, scaled)
+    extra_env = live_copy(wanted)
     extra_env["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "X", "value": "1"}]
-    assert reconcile.needs_apply(desired, extra_env)
-    assert reconcile.needs_apply(desired, None)
+    assert reconcile.needs_apply(wanted, extra_env)
+    assert reconcile.needs_apply(wanted, None)
 
 
 def test_a_removed_field_changes_the_hash_so_it_is_applied():
     with_selector = model_deployment(serving={"nodeSelector": {"pool": "cpu"}})
-    live = live_copy(reconcile.desired_children(with_selector, SETTINGS, True)[1])
-    desired = reconcile.desired_children(model_deployment(), SETTINGS, True)[1]
-    assert reconcile.needs_apply(desired, live)
+    live = live_copy(desired(with_selector)[1])
+    wanted = desired(model_deployment())[1]
+    assert reconcile.needs_apply(wanted, live)
 
 
 def test_switched_off_service_monitor_is_deleted():
     md = model_deployment(monitoring={"serviceMonitor": {"enabled": False}})
     observation = Observation(children={("ServiceMonitor", "cifar10"): {"kind": "ServiceMonitor"}})
-    assert reconcile.unwanted_children(md, observation) == [("monitoring.coreos.com/v1", "ServiceMonitor", "cifar10")]
-    assert reconcile.unwanted_children(model_deployment(), observation) == []
+    assert reconcile.unwanted_children(md, observation, desired(md)) == [
+        ("monitoring.coreos.com/v1", "ServiceMonitor", "cifar10")
+    ]
+    assert reconcile.unwanted_children(model_deployment(), observation, desired(model_deployment())) == []
 
 
 def test_facts_treat_a_deployment_changed_this_pass_as_not_rolled_out(md):
@@ -78,9 +91,9 @@ def test_facts_treat_a_deployment_changed_this_pass_as_not_rolled_out(md):
         "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1},
     }
     observation = Observation(children={("Deployment", name): done}, service_monitor_api=True)
-    assert reconcile.facts_of(md, observation, [], [], SETTINGS).rollout_complete is True
+    assert reconcile.facts_of(md, observation, first_plan(md), [], [], SETTINGS).rollout_complete is True
     applied = [{"kind": "Deployment"}]
-    assert reconcile.facts_of(md, observation, applied, [], SETTINGS).rollout_complete is False
+    assert reconcile.facts_of(md, observation, first_plan(md), applied, [], SETTINGS).rollout_complete is False
 
 
 def test_requests_during_a_pass_coalesce_into_one_more_pass(monkeypatch):
