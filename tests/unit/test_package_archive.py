@@ -219,3 +219,44 @@ def test_success_leaves_the_digest_in_the_termination_message_for_the_operator(t
         },
     }
     assert status.archive_digest(pod) == run.summary["digest"] == recomputed_digest(store / "m.mar")
+
+
+def test_a_source_in_place_is_linked_not_copied_and_keeps_the_digest(tmp_path: Path) -> None:
+    source = write_model_source(tmp_path / "claim" / "m", weights=os.urandom(20 << 20))
+    copied = package(tmp_path, source, "copied")
+    linked = package(tmp_path, source, "linked", "--source-in-place")
+    weights = linked / "weights.pt"
+    assert weights.is_symlink() and os.readlink(weights) == str((source / "weights.pt").resolve())
+    assert weights.stat().st_ino == (source / "weights.pt").stat().st_ino  # the claim's file itself
+    assert weights.lstat().st_size < 4096, "a link, not 20 MiB of weights"
+    from_source = {"weights.pt", "model.py", "index_to_name.json"}
+    assert {name for name in EXPECTED_NAMES if (linked / name).is_symlink()} == from_source  # handler: copied
+    assert archive_files(linked) == archive_files(copied)
+    digest = (tmp_path / "linked" / "m.digest").read_text()
+    assert digest == (tmp_path / "copied" / "m.digest").read_text() == f"{recomputed_digest(linked)}  m.mar\n"
+    (source / "weights.pt").write_bytes(b"other weights")  # what the digest names is what the link serves
+    assert f"{recomputed_digest(linked)}  m.mar\n" != digest
+
+
+def test_the_documented_find_lists_linked_files_too(tmp_path: Path) -> None:
+    archive = package(tmp_path, write_model_source(tmp_path / "src"), "store", "--source-in-place")
+    doc = canaria.package.archive.__doc__ or ""
+    recipe = doc[doc.index("(cd <name>.mar && find") :].splitlines()[0]
+    listing = recipe[len("(cd <name>.mar && ") : recipe.index(" | xargs")]  # b3sum is not installed here
+    result = subprocess.run(listing, shell=True, cwd=archive, text=True, capture_output=True, check=True)
+    assert result.stdout.splitlines() == sorted(EXPECTED_NAMES) and (archive / "weights.pt").is_symlink()
+
+
+def test_a_prebuilt_directory_archive_in_place_is_linked_file_for_file(tmp_path: Path) -> None:
+    built = package(tmp_path, write_model_source(tmp_path / "src"), "first")
+    store = tmp_path / "store"
+    args = ["--name", "m", "--version", "1.0", "--source", str(built), "--model-store", str(store), "--source-in-place"]
+    run = run_packager_in_process(args, tmp_path / "log")
+    assert all((store / "m.mar" / name).is_symlink() for name in EXPECTED_NAMES)
+    assert run.summary["digest"] == (tmp_path / "first" / "m.digest").read_text().split()[0]
+
+
+def test_in_place_is_for_the_directory_layout_only(tmp_path: Path) -> None:
+    args = package_args(write_model_source(tmp_path / "src"), tmp_path / "store", "--source-in-place")
+    run = run_packager_in_process([*args, "--archive-format", "zip"], tmp_path / "log")
+    assert run.exit_code == 2 and "not with --archive-format zip" in run.stderr

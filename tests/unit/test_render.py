@@ -146,6 +146,19 @@ def test_pvc_source_is_mounted_read_only_and_passed_as_a_path():
     assert args[args.index("--source") + 1] == "/mnt/models/cifar10/v1"
 
 
+def test_pvc_source_is_served_in_place_from_the_same_read_only_mount():
+    pvc = model_deployment(model={"storageUri": "pvc://model-files/cifar10/v1"})
+    pod = render.deployment(pvc, STABLE, pvc["spec"]["model"], 1, SETTINGS)["spec"]["template"]["spec"]
+    (packager,), (torchserve,) = pod["initContainers"], pod["containers"]
+    source_mount = {"name": "model-source", "mountPath": "/mnt/models", "readOnly": True}
+    assert source_mount in packager["volumeMounts"] and source_mount in torchserve["volumeMounts"]
+    assert "--source-in-place" in packager["args"]  # the archive's links resolve in the torchserve container
+    md = model_deployment()
+    pod = render.deployment(md, STABLE, md["spec"]["model"], 1, SETTINGS)["spec"]["template"]["spec"]
+    assert "--source-in-place" not in pod["initContainers"][0]["args"]
+    assert "model-source" not in {mount["name"] for mount in pod["containers"][0]["volumeMounts"]}
+
+
 def test_s3_credentials_come_from_the_named_secret():
     md = model_deployment(
         model={

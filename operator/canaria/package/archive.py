@@ -4,7 +4,10 @@ Two layouts, both named `<name>.mar` in the model store and both loaded by Torch
 - directory (the default): torch-model-archiver's "no-archive" layout. TorchServe serves it in place,
   whereas it unzips a .mar file into its temp dir at every start (a second copy of the weights on the
   node's disk, and time). Packaging is one kernel copy per file, hashed while it copies (or a hard
-  link, for our own downloads).
+  link, for our own downloads). A source that the serving container mounts at the same path (a pvc://
+  claim, mounted read-only in both containers) is not copied at all: each of its files is a symbolic
+  link to the file in the claim, so packaging costs one hash. The claim's files must then stay as they
+  are while the model serves (a new version goes to a new path), since TorchServe reads them at load.
 - zip: one file, entries STORED (weights barely compress; deflating 500 MB costs ~100x a copy), for
   users who want a portable .mar.
 
@@ -15,8 +18,9 @@ filesystem order) and copies every file twice (into a temp dir, then into the ar
 The digest is BLAKE3, written `blake3:<hex>` (see `digests.py`). For a zip it is the BLAKE3 of the file.
 For a directory it is the BLAKE3 of a listing with one line per file, `<blake3 hex of the file>  <path>\\n`
 (path relative to the directory, '/'-separated), sorted by path as bytes; that is `b3sum`'s output, so
-    (cd <name>.mar && find . -type f -printf '%P\\n' | LC_ALL=C sort | xargs -d '\\n' b3sum) | b3sum
-prints the hex. Without `b3sum`, with the `blake3` package (`pip install blake3`):
+    (cd <name>.mar && find -L . -type f -printf '%P\\n' | LC_ALL=C sort | xargs -d '\\n' b3sum) | b3sum
+prints the hex (`-L`: a linked file counts with its content). Without `b3sum`, with the `blake3` package
+(`pip install blake3`):
     python -c 'import blake3,pathlib,sys; d=pathlib.Path(sys.argv[1]); h=lambda b: blake3.blake3(b).hexdigest(); \\
       names=sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file()); \\
       print("blake3:"+h("".join(f"{h(d.joinpath(n).read_bytes())}  {n}\\n" for n in names).encode()))' <name>.mar
@@ -123,17 +127,27 @@ def write_archive(
     files: list[Entry],
     destination: Path,
     archive_format: ArchiveFormat = ArchiveFormat.DIRECTORY,
+    *,
     scratch: Path | None = None,
+    in_place: Path | None = None,
 ) -> ArchiveDigest:
     """Write the files and their manifest as an archive at `destination`.
 
-    Files under `scratch` (downloads that are deleted afterwards) may be hard-linked instead of copied.
+    In the directory layout, files under `scratch` (downloads that are deleted afterwards) may be
+    hard-linked instead of copied, and files under `in_place` (a source the serving container mounts at
+    the same path) are symbolic links to where they are.
     """
-    return write_entries([*files, Entry(MANIFEST_NAME, manifest_json(spec))], destination, archive_format, scratch)
+    entries = [*files, Entry(MANIFEST_NAME, manifest_json(spec))]
+    return write_entries(entries, destination, archive_format, scratch=scratch, in_place=in_place)
 
 
 def write_entries(
-    entries: list[Entry], destination: Path, archive_format: ArchiveFormat, scratch: Path | None = None
+    entries: list[Entry],
+    destination: Path,
+    archive_format: ArchiveFormat,
+    *,
+    scratch: Path | None = None,
+    in_place: Path | None = None,
 ) -> ArchiveDigest:
     """Write `entries` under a temporary name, then move the result to `destination`."""
     ordered = sorted(entries, key=lambda entry: entry.name)
@@ -144,7 +158,7 @@ def write_entries(
         if archive_format is ArchiveFormat.ZIP:
             digest, size = _write_zip(ordered, partial)
         else:
-            digest, size = _write_directory(ordered, partial, scratch)
+            digest, size = _write_directory(ordered, partial, scratch, in_place)
         remove_path(destination)
         os.replace(partial, destination)
     except OSError as error:
@@ -202,7 +216,26 @@ def _add_to_zip(archive: zipfile.ZipFile, entry: Entry) -> None:
 # --- directory -----------------------------------------------------------------------------------------
 
 
-def _write_directory(entries: list[Entry], target: Path, scratch: Path | None) -> tuple[str, int]:
+class Placement(StrEnum):
+    """How a file gets into a directory archive."""
+
+    SYMLINK = "symlink"  # a source the serving container mounts at the same path: no bytes move
+    HARD_LINK = "hard link"  # our own download, deleted after packaging: the link keeps it
+    COPY = "copy"  # anything else (a kernel copy)
+
+
+def placement_of(source: Path, scratch: Path | None, in_place: Path | None) -> Placement:
+    resolved = source.resolve()
+    if in_place is not None and resolved.is_relative_to(in_place.resolve()):
+        return Placement.SYMLINK
+    if scratch is not None and resolved.is_relative_to(scratch.resolve()):
+        return Placement.HARD_LINK
+    return Placement.COPY
+
+
+def _write_directory(
+    entries: list[Entry], target: Path, scratch: Path | None, in_place: Path | None
+) -> tuple[str, int]:
     listing, total = [], 0
     for entry in entries:
         path = target / entry.name
@@ -211,22 +244,37 @@ def _write_directory(entries: list[Entry], target: Path, scratch: Path | None) -
             path.write_bytes(entry.source)
             digest = blake3_of_bytes(entry.source)
         else:
-            digest = place_and_hash(entry.source, path, scratch, entry.known_blake3)
-        path.chmod(0o644)
-        os.utime(path, (FIXED_MTIME, FIXED_MTIME))
+            digest = place_and_hash(
+                entry.source, path, scratch=scratch, in_place=in_place, known_blake3=entry.known_blake3
+            )
+        if not path.is_symlink():  # a link's target is the user's file: left as it is
+            path.chmod(0o644)
+            os.utime(path, (FIXED_MTIME, FIXED_MTIME))
         listing.append(f"{digest}  {entry.name}\n")
         total += path.stat().st_size
     return blake3_of_bytes("".join(listing).encode()), total
 
 
-def place_and_hash(source: Path, target: Path, scratch: Path | None, known_blake3: str | None = None) -> str:
-    """Put `source` at `target` (a hard link for our own scratch files, else a kernel copy); its BLAKE3 hex.
+def place_and_hash(
+    source: Path,
+    target: Path,
+    *,
+    scratch: Path | None = None,
+    in_place: Path | None = None,
+    known_blake3: str | None = None,
+) -> str:
+    """Put `source` at `target` as `placement_of` decides; its BLAKE3 hex (a `known_blake3` is not recomputed).
 
-    A big file is hashed on this thread while another runs the copy: both release the GIL, so on two
-    cores packaging takes about as long as the slower of the two (the copy) rather than their sum. The
-    hash then stays on one core, leaving the other to the copy. A `known_blake3` is not recomputed.
+    A copied big file is hashed on this thread while another runs the copy: both release the GIL, so on
+    two cores packaging takes about as long as the slower of the two (the copy) rather than their sum.
+    The hash then stays on one core, leaving the other to the copy. A linked file is hashed on all cores.
     """
-    if scratch is not None and source.resolve().is_relative_to(scratch.resolve()):
+    placement = placement_of(source, scratch, in_place)
+    if placement is Placement.SYMLINK:
+        # The resolved path: the serving container resolves it through its own mount of the same claim.
+        os.symlink(source.resolve(), target)
+        return known_blake3 or blake3_of(source)
+    if placement is Placement.HARD_LINK:
         try:
             os.link(source, target)
             return known_blake3 or blake3_of(source)

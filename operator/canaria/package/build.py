@@ -57,6 +57,8 @@ class PackageRequest:
     optimization: Optimization = field(default_factory=Optimization)
     config: Path | None = None
     archive_format: ArchiveFormat = ArchiveFormat.DIRECTORY
+    # The serving container mounts a local source at the same path (read-only): link to it, copy nothing.
+    source_in_place: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,10 +83,11 @@ def package(request: PackageRequest) -> PackageResult:
     try:
         fetched = fetch(request.source, staging, request.sha256)
         destination = request.model_store / f"{request.name}.mar"
+        in_place = in_place_root(request, fetched, staging)
         if fetched.prebuilt_archive is not None:
-            digest, report = _install_prebuilt(request, fetched, destination, staging), None
+            digest, report = _install_prebuilt(request, fetched, destination, staging, in_place), None
         else:
-            digest, report = _build(request, fetched, staging, destination)
+            digest, report = _build(request, fetched, staging, destination, in_place)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     _write_digest_file(digest, request.model_store / f"{request.name}.digest")
@@ -93,8 +96,18 @@ def package(request: PackageRequest) -> PackageResult:
     return PackageResult(digest.path, digest.digest, digest.size, report)
 
 
+def in_place_root(request: PackageRequest, fetched: FetchedModel, staging: Path) -> Path | None:
+    """The directory whose files the archive may link to: the source's, when the serving container sees it.
+
+    What was downloaded or unpacked lives in `staging`, which is deleted after packaging: never linked to.
+    """
+    if not request.source_in_place or fetched.root.resolve().is_relative_to(staging.resolve()):
+        return None
+    return fetched.root
+
+
 def _build(
-    request: PackageRequest, fetched: FetchedModel, staging: Path, destination: Path
+    request: PackageRequest, fetched: FetchedModel, staging: Path, destination: Path, in_place: Path | None
 ) -> tuple[ArchiveDigest, dict[str, Any] | None]:
     root = fetched.root
     serialized = _optional_file(root, request.serialized_file, SpecField.SERIALIZED_FILE) or fetched.single_file
@@ -131,7 +144,8 @@ def _build(
         config_file=model_config.name if model_config else None,
     )
     entries = [*files, *handler_entries, *extras]
-    return write_archive(spec, entries, destination, request.archive_format, scratch=staging), report
+    archive = write_archive(spec, entries, destination, request.archive_format, scratch=staging, in_place=in_place)
+    return archive, report
 
 
 def _optional_file(root: Path, relative: str | None, spec_field: SpecField) -> Path | None:
@@ -155,7 +169,7 @@ def _input_shape(model_config: Path | None) -> list[int] | None:
 
 
 def _install_prebuilt(
-    request: PackageRequest, fetched: FetchedModel, destination: Path, staging: Path
+    request: PackageRequest, fetched: FetchedModel, destination: Path, staging: Path, in_place: Path | None
 ) -> ArchiveDigest:
     """A prebuilt .mar is served as it is, once its manifest matches the ModelDeployment."""
     archive = fetched.prebuilt_archive
@@ -174,12 +188,14 @@ def _install_prebuilt(
                 f"the archive's {key} is {model.get(key)!r} but the ModelDeployment serves {wanted!r}",
                 SpecField.STORAGE_URI,
             )
-    if archive.is_dir():  # an unpacked .mar, e.g. on a PVC: copied file for file
-        return write_entries(directory_entries(archive), destination, ArchiveFormat.DIRECTORY)
+    if archive.is_dir():  # an unpacked .mar, e.g. on a PVC: copied (or linked) file for file
+        return write_entries(directory_entries(archive), destination, ArchiveFormat.DIRECTORY, in_place=in_place)
     partial = destination.with_name(f".{destination.name}.partial")
     try:
         remove_path(partial)
-        digest = place_and_hash(archive, partial, staging, fetched.single_file_blake3)
+        digest = place_and_hash(
+            archive, partial, scratch=staging, in_place=in_place, known_blake3=fetched.single_file_blake3
+        )
         remove_path(destination)
         os.replace(partial, destination)
     except OSError as error:

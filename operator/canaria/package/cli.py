@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=ArchiveFormat.DIRECTORY.value,
         help="directory: served in place, no unzip at start (default); zip: one portable .mar file",
     )
+    parser.add_argument(
+        "--source-in-place",
+        action="store_true",
+        help="the serving container mounts the source (a path) at the same path, read-only: the directory "
+        "archive links to its files instead of copying them (they must not change while the model serves)",
+    )
     parser.add_argument("--model-store", required=True, type=Path)
     parser.add_argument("--config", type=Path, help="TorchServe config.properties to copy into the model store")
     parser.add_argument("--termination-log", type=Path, default=_default_termination_log())
@@ -86,6 +92,7 @@ def request_from_args(args: argparse.Namespace) -> PackageRequest:
         optimization=Optimization(quantize=args.quantize, torchscript=args.torchscript),
         config=args.config,
         archive_format=ArchiveFormat(args.archive_format),
+        source_in_place=args.source_in_place,
     )
 
 
@@ -93,7 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     termination_log = _termination_log_from(argv)
     started = time.monotonic()
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.source_in_place and args.archive_format == ArchiveFormat.ZIP:
+            parser.error("--source-in-place links files into a directory archive: not with --archive-format zip")
         result = package(request_from_args(args))
     except UsageError as error:
         return _fail(f"canaria-package: usage: {error} (an operator bug: report it)", termination_log, EXIT_USAGE)
