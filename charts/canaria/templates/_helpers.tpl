@@ -99,13 +99,21 @@ remove them with their ModelDeployment); only a ServiceMonitor switched off is.
 - apiGroups: ["serving.canaria.dev"]
   resources: ["modeldeployments/finalizers"]
   verbs: ["update"]
-# The children it renders: read in each pass, watched for drift, written by server-side apply.
+# The children it renders: read in each pass, watched for drift, written by server-side apply. The canary's
+# Deployment is deleted once a rollout ends; ConfigMaps (immutable, named by their content) once no pod uses them.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
-  resources: ["services", "configmaps"]
+  resources: ["configmaps"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["services"]
   verbs: ["get", "list", "watch", "create", "patch"]
+# GatewayAPI traffic mode: the HTTPRoute that splits traffic between the tracks, read and applied in each pass.
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["httproutes"]
+  verbs: ["get", "create", "patch"]
 # ServiceMonitors likewise, and deleted when a ModelDeployment switches its ServiceMonitor off.
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]

@@ -1,0 +1,296 @@
+"""Rollouts on the real control plane: a version edit moves through the canary steps to promotion, and every
+control edit (abort, promote, pause, a newer version, a revert) does what the README says. Pods run on kwok's
+fake node (Ready without serving), so the steps are judged by their pauses alone (no checks): the analysis
+against Prometheus is tested in tests/unit (decisions) and tests/e2e (the full loop).
+
+The module runs a control plane of its own (no add-ons) with its own operator: an operator that watches every
+namespace of the shared cluster (the demo's) would otherwise act on these objects too."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from devcluster import Cluster, Settings
+from devcluster.layout import Layout
+from tests.integration.conftest import CRD, ROOT, Operator, apply, condition, get_json, kubectl, patch_md, wait_for
+from tests.support.manifests import example_model_deployment
+
+pytestmark = pytest.mark.cluster
+
+NO_CHECKS: dict[str, Any] = {"metrics": []}
+
+
+@pytest.fixture(scope="module")
+def private_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A control plane of this module's own with kwok's fake node and our CRD; KUBECONFIG and PATH point at it."""
+    shared = Layout.resolve(ROOT, Settings())
+    state = tmp_path_factory.mktemp("rollout") / "state"
+    private = Cluster.up(ROOT, Settings(state_dir=state, bin_dir=shared.bin_dir, install_crds=False))
+    saved = {name: os.environ.get(name) for name in ("KUBECONFIG", "PATH")}
+    os.environ.update(private.env())
+    try:
+        kubectl("apply", "--server-side", "-f", str(CRD))
+        kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/modeldeployments.serving.canaria.dev")
+        yield private
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        private.down()
+
+
+@pytest.fixture(scope="module")
+def operator(private_cluster: Cluster) -> Iterator[Operator]:
+    running = Operator(kubeconfig=private_cluster.layout.kubeconfig, log_name="operator-rollout.log")
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+    assert "Traceback" not in running.log(), "the operator logged a traceback: see " + str(running.log_path)
+
+
+@pytest.fixture
+def namespace(private_cluster: Cluster) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    kubectl("create", "namespace", name)
+    yield name
+    kubectl("delete", "namespace", name, "--wait=false")
+
+
+def rollout_spec(*pauses: str, weights: tuple[int, ...] = (25, 50)) -> dict[str, Any]:
+    steps = [{"weight": weight, "pause": pause} for weight, pause in zip(weights, pauses, strict=True)]
+    return {"strategy": "Canary", "steps": steps, "analysis": NO_CHECKS}
+
+
+def md_status(namespace: str) -> dict[str, Any]:
+    status: dict[str, Any] = get_json("-n", namespace, "md/cifar10").get("status", {})
+    return status
+
+
+def serving(namespace: str, version: str) -> dict[str, Any]:
+    """The status once `version` serves alone: phase Serving, Ready, no canary."""
+
+    def check() -> dict[str, Any] | None:
+        md = get_json("-n", namespace, "md/cifar10")
+        status = md.get("status", {})
+        done = (
+            status.get("phase") == "Serving"
+            and status.get("stableVersion") == version
+            and not status.get("canaryVersion")
+            and condition(md, "Ready").get("status") == "True"
+            and condition(md, "Ready").get("observedGeneration") == md["metadata"]["generation"]
+        )
+        return status if done else None
+
+    result: dict[str, Any] = wait_for(check, timeout=90, what=f"version {version} serving alone")
+    return result
+
+
+def phase(namespace: str, wanted: str, timeout: float = 60) -> dict[str, Any]:
+    result: dict[str, Any] = wait_for(
+        lambda: (s := md_status(namespace)).get("phase") == wanted and s, timeout=timeout, what=f"phase {wanted}"
+    )
+    return result
+
+
+def baking(namespace: str, step: int) -> dict[str, Any]:
+    """The status once step `step` (0-based) has its canary pods Ready and its bake (pause) runs."""
+    result: dict[str, Any] = wait_for(
+        lambda: (
+            (s := md_status(namespace)).get("phase") == "Progressing"
+            and s.get("rollout", {}).get("step", 0) == step
+            and s.get("rollout", {}).get("bakeStartedAt")
+            and s
+        ),
+        what=f"step {step + 1} baking",
+    )
+    return result
+
+
+def deployment_exists(namespace: str, name: str) -> bool:
+    return kubectl("get", "-n", namespace, "deployment", name, check=False).returncode == 0
+
+
+def stable_template(namespace: str) -> dict[str, Any]:
+    template: dict[str, Any] = get_json("-n", namespace, "deployment", "cifar10-stable")["spec"]["template"]
+    return template
+
+
+def events(namespace: str) -> list[str]:
+    items = get_json("-n", namespace, "events", "--field-selector", "involvedObject.name=cifar10")["items"]
+    return [item["reason"] for item in sorted(items, key=lambda e: e.get("firstTimestamp") or "")]
+
+
+def start(namespace: str, rollout: dict[str, Any], replicas: int = 2) -> None:
+    apply(namespace, example_model_deployment(rollout=rollout, serving={"replicas": replicas}))
+    serving(namespace, "1.0")
+
+
+def ship(namespace: str, version: str) -> None:
+    patch_md(namespace, {"model": {"version": version}})
+
+
+def test_a_version_edit_moves_through_the_steps_and_is_promoted(operator, namespace):
+    start(namespace, rollout_spec("2s", "2s"))
+    shipped = time.monotonic()
+    ship(namespace, "2.0")
+    first = baking(namespace, 0)
+    assert (first["canaryVersion"], first["requestedWeight"]) == ("2.0", 25)
+    assert first["canaryWeight"] == 33  # Service mode: 1 canary pod beside 2 stable ones
+    canary = get_json("-n", namespace, "deployment", "cifar10-canary")
+    assert canary["spec"]["replicas"] == 1
+    assert canary["spec"]["template"]["metadata"]["labels"]["serving.canaria.dev/version"] == "2.0"
+    assert stable_template(namespace)["metadata"]["labels"]["serving.canaria.dev/version"] == "1.0"
+    second = baking(namespace, 1)
+    assert (second["requestedWeight"], second["canaryWeight"]) == (50, 50)  # 2 canary pods beside 2
+    done = serving(namespace, "2.0")
+    took = time.monotonic() - shipped
+    assert stable_template(namespace)["metadata"]["labels"]["serving.canaria.dev/version"] == "2.0"
+    wait_for(lambda: not deployment_exists(namespace, "cifar10-canary"), what="the canary Deployment removed")
+    assert done["rollout"]["phase"] == "Succeeded" and done["canaryWeight"] == 0
+    reasons = events(namespace)
+    for reason in ("RolloutStarted", "StepStarted", "PromotionStarted", "Promoted"):
+        assert reason in reasons, reasons
+    assert reasons.count("StepStarted") == 2
+    assert 4 <= took < 60, f"two 2 s pauses and a promotion took {took:.1f} s"
+    configs = get_json("-n", namespace, "configmap", "-l", "serving.canaria.dev/model-deployment=cifar10")["items"]
+    wait_for(
+        lambda: (
+            len(get_json("-n", namespace, "configmap", "-l", "serving.canaria.dev/model-deployment=cifar10")["items"])
+            == 1
+        ),
+        what=f"unused ConfigMaps deleted (were {[c['metadata']['name'] for c in configs]})",
+    )
+
+
+def test_abort_ends_at_once_with_the_stable_version_untouched(operator, namespace):
+    start(namespace, rollout_spec("5m", "5m"))
+    before = stable_template(namespace)
+    ship(namespace, "2.0")
+    baking(namespace, 0)
+    patch_md(namespace, {"rollout": {"abort": "2.0"}})
+    aborted = phase(namespace, "Aborted")
+    assert aborted["canaryWeight"] == 0 and aborted["stableVersion"] == "1.0"
+    md = get_json("-n", namespace, "md/cifar10")
+    assert condition(md, "Ready")["status"] == "False" and condition(md, "Stalled")["reason"] == "Aborted"
+    wait_for(
+        lambda: get_json("-n", namespace, "deployment", "cifar10-canary")["spec"]["replicas"] == 0,
+        what="the canary scaled to zero",
+    )
+    assert stable_template(namespace) == before
+    assert "Aborted" in events(namespace)
+    # A retry of the aborted version starts it again from the first step.
+    patch_md(namespace, {"rollout": {"abort": None, "retry": "2.0"}})
+    retried = baking(namespace, 0)
+    assert retried["canaryVersion"] == "2.0"
+    assert "RolloutRetried" in events(namespace)
+
+
+def test_promote_skips_the_remaining_steps(operator, namespace):
+    start(namespace, rollout_spec("5m", "5m"))
+    ship(namespace, "2.0")
+    baking(namespace, 0)
+    patch_md(namespace, {"rollout": {"promote": "2.0"}})
+    serving(namespace, "2.0")
+    wait_for(lambda: not deployment_exists(namespace, "cifar10-canary"), what="the canary Deployment removed")
+
+
+def test_pause_holds_the_step_and_resume_continues_it(operator, namespace):
+    start(namespace, rollout_spec("4s", "2s"))
+    ship(namespace, "2.0")
+    baking(namespace, 0)
+    patch_md(namespace, {"rollout": {"paused": True}})
+    paused = phase(namespace, "Paused")
+    time.sleep(6)  # longer than the step's pause: a paused rollout does not move on
+    held = md_status(namespace)
+    assert held["phase"] == "Paused" and held["rollout"].get("step", 0) == 0
+    assert held["canaryWeight"] == paused["canaryWeight"] == 33
+    patch_md(namespace, {"rollout": {"paused": False}})
+    baking(namespace, 1)
+    serving(namespace, "2.0")
+    reasons = events(namespace)
+    assert "Paused" in reasons and "Resumed" in reasons
+
+
+def test_a_newer_version_mid_rollout_restarts_from_the_first_step(operator, namespace):
+    start(namespace, rollout_spec("2s", "5m"))
+    ship(namespace, "2.0")
+    baking(namespace, 1)
+    ship(namespace, "3.0")
+    restarted = wait_for(
+        lambda: (
+            (s := md_status(namespace)).get("canaryVersion") == "3.0"
+            and s.get("rollout", {}).get("bakeStartedAt")
+            and s
+        ),
+        what="version 3.0 baking",
+    )
+    assert restarted["rollout"].get("step", 0) == 0 and restarted["requestedWeight"] == 25
+    wait_for(
+        lambda: (
+            get_json("-n", namespace, "deployment", "cifar10-canary")["spec"]["template"]["metadata"]["labels"][
+                "serving.canaria.dev/version"
+            ]
+            == "3.0"
+        ),
+        what="the canary running 3.0",
+    )
+    assert stable_template(namespace)["metadata"]["labels"]["serving.canaria.dev/version"] == "1.0"
+
+
+def test_reverting_the_model_ends_the_rollout_at_once(operator, namespace):
+    start(namespace, rollout_spec("5m", "5m"))
+    before = stable_template(namespace)
+    ship(namespace, "2.0")
+    baking(namespace, 0)
+    ship(namespace, "1.0")
+    serving(namespace, "1.0")
+    wait_for(lambda: not deployment_exists(namespace, "cifar10-canary"), what="the canary Deployment removed")
+    assert stable_template(namespace) == before
+    assert "RolloutReverted" in events(namespace)
+
+
+@pytest.fixture
+def own_operator(private_cluster: Cluster) -> Iterator[tuple[Operator, str]]:
+    """An operator of this test's own, for a namespace the session's operator does not watch: it gets killed."""
+    namespace = f"r-{uuid.uuid4().hex[:8]}"
+    kubectl("create", "namespace", namespace)
+    running = Operator(private_cluster.layout.kubeconfig, log_name="operator-rollout-kill.log", namespaces="r-*")
+    running.start()
+    try:
+        yield running, namespace
+    finally:
+        running.stop()
+        kubectl("delete", "namespace", namespace, "--wait=false")
+
+
+def test_an_operator_killed_during_a_step_continues_at_the_same_step(own_operator):
+    running, namespace = own_operator
+    start(namespace, rollout_spec("15s", "2s"))
+    ship(namespace, "2.0")
+    first = baking(namespace, 0)
+    assert running.process is not None
+    running.process.send_signal(signal.SIGKILL)
+    running.process.wait(timeout=10)
+    time.sleep(3)
+    running.start()
+    second = baking(namespace, 1)  # not step 0 again: the restarted operator read where it was from status
+    assert second["rollout"]["startedAt"] == first["rollout"]["startedAt"]
+    bake_end = _seconds(first["rollout"]["bakeStartedAt"]) + 15
+    assert 0 <= _seconds(second["rollout"]["stepStartedAt"]) - bake_end < 5, (first["rollout"], second["rollout"])
+    serving(namespace, "2.0")
+
+
+def _seconds(stamp: str) -> float:
+    return datetime.datetime.fromisoformat(stamp).timestamp()
