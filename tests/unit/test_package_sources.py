@@ -7,13 +7,17 @@ here); boto3 in the packager talks to it through the endpoint override, as it wo
 from __future__ import annotations
 
 import hashlib
+import os
 import tarfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import canaria.package.archive
+import canaria.package.sources
 from tests.support.fileserver import serving_directory
 from tests.support.packaging import (
     PackagerRun,
@@ -166,3 +170,44 @@ def test_s3_without_credentials(tmp_path: Path, s3: S3Server, monkeypatch: pytes
     run = run_packager_in_process(package_args("s3://models/cifar10", tmp_path / "store"), tmp_path / "log")
     assert run.exit_code != 0
     assert "no S3 credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from a Secret)" in run.stderr
+
+
+@pytest.fixture
+def downloads_never_read_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any hash of a file in the staging directory (where downloads land) fails the packager: a download is
+    hashed while it is written, never read again."""
+
+    def refusing(hash_file: Any) -> Any:
+        def guarded(path: Path, *args: Any, **kwargs: Any) -> Any:
+            assert ".canaria-staging-" not in str(path), f"{path} was read back to hash it"
+            return hash_file(path, *args, **kwargs)
+
+        return guarded
+
+    monkeypatch.setattr(canaria.package.archive, "blake3_of", refusing(canaria.package.archive.blake3_of))
+    for name in ("sha256_of", "sha256_and_blake3_of"):
+        monkeypatch.setattr(canaria.package.sources, name, refusing(getattr(canaria.package.sources, name)))
+
+
+@pytest.mark.usefixtures("downloads_never_read_back")
+@pytest.mark.parametrize("with_checksum", [False, True])
+def test_http_download_is_hashed_as_it_is_written(tmp_path: Path, with_checksum: bool) -> None:
+    source = write_model_source(tmp_path / "src", weights=os.urandom(20 << 20))  # several chunks
+    checksum = ["--sha256", hashlib.sha256((source / "weights.pt").read_bytes()).hexdigest()] if with_checksum else []
+    with serving_directory(source) as base_url:
+        args = ["--name", "m", "--version", "1.0", "--source", f"{base_url}/weights.pt", *checksum]
+        run = run_packager_in_process([*args, "--handler", "json_tensor", "--model-store", str(tmp_path / "store")],
+                                      tmp_path / "log")  # fmt: skip
+    assert run.exit_code == 0, run.stderr
+    assert run.summary["digest"] == recomputed_digest(tmp_path / "store" / "m.mar")
+
+
+@pytest.mark.usefixtures("downloads_never_read_back")
+def test_s3_ranges_fetched_concurrently_are_hashed_in_order(tmp_path: Path, s3_env: S3Server) -> None:
+    source = write_model_source(tmp_path / "src", weights=os.urandom(40 << 20))  # 5 ranges of s3transfer's 8 MiB
+    s3_env.upload_directory("models", "big/v1", source)
+    run = run_packager_in_process(package_args("s3://models/big/v1", tmp_path / "store"), tmp_path / "log")
+    assert run.exit_code == 0, run.stderr
+    assert (
+        run.summary["digest"] == recomputed_digest(tmp_path / "store" / "m.mar") == reference_digest(tmp_path, source)
+    )

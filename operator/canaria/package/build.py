@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -129,11 +129,7 @@ def _build(
         serialized, report = optimize(request.optimization, serialized, model_file, _input_shape(model_config), staging)
         model_file = None  # the TorchScript file carries the model's code
 
-    files = [
-        Entry(path.name, path, fetched.single_file_blake3 if path == fetched.single_file else None)
-        for path in (serialized, model_file, requirements, model_config)
-        if path
-    ]
+    files = [Entry(path.name, path) for path in (serialized, model_file, requirements, model_config) if path]
     spec = ModelSpec(
         name=request.name,
         version=request.version,
@@ -143,7 +139,11 @@ def _build(
         requirements_file=requirements.name if requirements else None,
         config_file=model_config.name if model_config else None,
     )
-    entries = [*files, *handler_entries, *extras]
+    # What was hashed while it downloaded (or while its sha256 was checked) is not hashed again.
+    entries = [
+        replace(entry, known_blake3=fetched.known_blake3(entry.source)) if isinstance(entry.source, Path) else entry
+        for entry in (*files, *handler_entries, *extras)
+    ]
     archive = write_archive(spec, entries, destination, request.archive_format, scratch=staging, in_place=in_place)
     return archive, report
 

@@ -7,16 +7,18 @@ or every object under the prefix), a local or PVC path (file or directory, read 
 
 from __future__ import annotations
 
-import shutil
+import hashlib
 import tarfile
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
+
+import blake3
 
 from .digests import sha256_and_blake3_of, sha256_of
 from .errors import PackagingError, SpecField
@@ -43,6 +45,16 @@ class FetchedModel:
     single_file: Path | None = None
     # BLAKE3 of `single_file`, when it was hashed anyway (alongside the sha256 check): not hashed again.
     single_file_blake3: str | None = None
+    # sha256 of `single_file`, when it was hashed while downloading.
+    single_file_sha256: str | None = None
+    # BLAKE3 hex of downloaded files (resolved paths), hashed as they were written: not read again.
+    downloaded_blake3: Mapping[Path, str] = field(default_factory=dict)
+
+    def known_blake3(self, path: Path) -> str | None:
+        resolved = path.resolve()
+        if self.single_file is not None and resolved == self.single_file.resolve() and self.single_file_blake3:
+            return self.single_file_blake3
+        return self.downloaded_blake3.get(resolved)
 
     @property
     def prebuilt_archive(self) -> Path | None:
@@ -58,9 +70,9 @@ def fetch(source: str, staging: Path, sha256: str | None = None) -> FetchedModel
     """Bring the source onto local disk (downloads go under `staging`), check its digest, unpack bundles."""
     scheme = urlsplit(source).scheme.lower()
     if scheme in ("http", "https"):
-        fetched = _fetch_http(source, staging / "download")
+        fetched = _fetch_http(source, staging / "download", with_sha256=bool(sha256))
     elif scheme == "s3":
-        fetched = _fetch_s3(source, staging / "download")
+        fetched = _fetch_s3(source, staging / "download", with_sha256=bool(sha256))
     elif scheme in ("", "file"):
         fetched = _fetch_local(source)
     else:
@@ -91,7 +103,47 @@ def _fetch_local(source: str) -> FetchedModel:
 # --- http(s) -------------------------------------------------------------------------------------------
 
 
-def _fetch_http(url: str, destination_dir: Path) -> FetchedModel:
+# --- downloads: written and hashed in one pass ------------------------------------------------------------
+
+
+class HashingWriter:
+    """Writes a download to its file and hashes each chunk on its way there: the file is never read back.
+
+    Not seekable, so that s3transfer, which fetches byte ranges concurrently, hands it the ranges in order.
+    """
+
+    def __init__(self, out: BinaryIO, *, with_blake3: bool, with_sha256: bool) -> None:
+        self._out = out
+        # One thread per hash: the download's other threads (or the network) keep the other core.
+        self._blake3 = blake3.blake3(max_threads=1) if with_blake3 else None
+        self._sha256 = hashlib.sha256() if with_sha256 else None
+
+    def write(self, data: bytes) -> int:
+        written = self._out.write(data)
+        for hasher in (self._blake3, self._sha256):
+            if hasher is not None:
+                hasher.update(data)
+        return written
+
+    def seekable(self) -> bool:
+        return False
+
+    def digests(self) -> tuple[str | None, str | None]:
+        """(BLAKE3 hex, sha256 hex) of everything written, each None when not asked for."""
+        return (
+            self._blake3.hexdigest() if self._blake3 is not None else None,
+            self._sha256.hexdigest() if self._sha256 is not None else None,
+        )
+
+
+@contextmanager
+def hashing_writer(destination: Path, *, with_sha256: bool) -> Iterator[HashingWriter]:
+    # A bundle is unpacked, not archived: its BLAKE3 would serve nothing.
+    with destination.open("wb") as out:
+        yield HashingWriter(out, with_blake3=not destination.name.endswith(BUNDLE_SUFFIXES), with_sha256=with_sha256)
+
+
+def _fetch_http(url: str, destination_dir: Path, *, with_sha256: bool) -> FetchedModel:
     name = PurePosixPath(unquote(urlsplit(url).path)).name
     if not name:
         raise PackagingError(
@@ -99,18 +151,25 @@ def _fetch_http(url: str, destination_dir: Path) -> FetchedModel:
         )
     destination_dir.mkdir(parents=True, exist_ok=True)
     destination = destination_dir / name
-    _retry(lambda: _download(url, destination), retryable=_is_transient_http_error)
-    return FetchedModel(root=destination_dir, single_file=destination)
+    digests: list[tuple[str | None, str | None]] = []
+    _retry(lambda: digests.append(_download(url, destination, with_sha256)), retryable=_is_transient_http_error)
+    (blake3_hex, sha256_hex), *_ = digests
+    return FetchedModel(destination_dir, destination, single_file_blake3=blake3_hex, single_file_sha256=sha256_hex)
 
 
-def _download(url: str, destination: Path) -> None:
+def _download(url: str, destination: Path, with_sha256: bool) -> tuple[str | None, str | None]:
     import urllib.error  # only http(s) sources pay for importing the HTTP client
     import urllib.request
 
     request = urllib.request.Request(url, headers={"User-Agent": "canaria-package"})
     try:
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_SECONDS) as response:
-            _copy_stream(response, destination)
+        with (
+            urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_SECONDS) as response,
+            hashing_writer(destination, with_sha256=with_sha256) as writer,
+        ):
+            while chunk := response.read(CHUNK_BYTES):
+                writer.write(chunk)
+            return writer.digests()
     except urllib.error.HTTPError as error:
         raise _HttpFailure(
             url, f"HTTP {error.code} {error.reason}", transient=error.code >= 500 or error.code == 429
@@ -118,11 +177,6 @@ def _download(url: str, destination: Path) -> None:
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         raise _HttpFailure(url, f"unreachable ({reason})", transient=True) from error
-
-
-def _copy_stream(stream: BinaryIO, destination: Path) -> None:
-    with destination.open("wb") as out:
-        shutil.copyfileobj(stream, out, CHUNK_BYTES)
 
 
 class _HttpFailure(PackagingError):
@@ -150,7 +204,7 @@ def _retry(action: Callable[[], None], retryable: Callable[[Exception], bool]) -
 # --- s3 ------------------------------------------------------------------------------------------------
 
 
-def _fetch_s3(uri: str, destination_dir: Path) -> FetchedModel:
+def _fetch_s3(uri: str, destination_dir: Path, *, with_sha256: bool) -> FetchedModel:
     """One object, or every object under the prefix, downloaded with its path below the prefix kept.
 
     The endpoint (AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3), region and credentials come from the environment,
@@ -165,17 +219,31 @@ def _fetch_s3(uri: str, destination_dir: Path) -> FetchedModel:
         if prefix and not prefix.endswith("/") and _s3_object_exists(client, bucket, prefix):
             destination = destination_dir / PurePosixPath(prefix).name
             destination_dir.mkdir(parents=True, exist_ok=True)
-            client.download_file(bucket, prefix, str(destination))
-            return FetchedModel(root=destination_dir, single_file=destination)
+            blake3_hex, sha256_hex = _s3_download(client, bucket, prefix, destination, with_sha256)
+            return FetchedModel(
+                destination_dir, destination, single_file_blake3=blake3_hex, single_file_sha256=sha256_hex
+            )
         folder = prefix.rstrip("/") + "/" if prefix else ""
         keys = list(_s3_keys(client, bucket, folder))
         if not keys:
             raise PackagingError(f"source {uri}", "object not found", SpecField.STORAGE_URI)
+        downloaded = {}
         for key in keys:
             destination = _inside(destination_dir, key[len(folder) :], uri)
             destination.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(bucket, key, str(destination))
-    return FetchedModel(root=destination_dir)
+            blake3_hex, _ = _s3_download(client, bucket, key, destination, with_sha256=False)
+            if blake3_hex is not None:
+                downloaded[destination.resolve()] = blake3_hex
+    return FetchedModel(root=destination_dir, downloaded_blake3=downloaded)
+
+
+def _s3_download(
+    client: Any, bucket: str, key: str, destination: Path, with_sha256: bool
+) -> tuple[str | None, str | None]:
+    """One object, its byte ranges fetched concurrently and written (and hashed) in order."""
+    with hashing_writer(destination, with_sha256=with_sha256) as writer:
+        client.download_fileobj(bucket, key, writer)
+        return writer.digests()
 
 
 def _s3_client(uri: str) -> Any:
@@ -247,15 +315,17 @@ def _verify_sha256(source: str, fetched: FetchedModel, expected: str) -> Fetched
     """Check the user's sha256; a file that goes into the archive as it is gets its BLAKE3 in the same pass."""
     if fetched.single_file is None:
         raise PackagingError(f"source {source}", "a sha256 was given but the source is a directory", SpecField.SHA256)
-    if fetched.single_file.name.endswith(BUNDLE_SUFFIXES):  # unpacked: its own BLAKE3 would serve nothing
-        actual, blake3 = sha256_of(fetched.single_file), None
+    if fetched.single_file_sha256 is not None:  # hashed while downloading
+        actual, blake3_hex = fetched.single_file_sha256, fetched.single_file_blake3
+    elif fetched.single_file.name.endswith(BUNDLE_SUFFIXES):  # unpacked: its own BLAKE3 would serve nothing
+        actual, blake3_hex = sha256_of(fetched.single_file), None
     else:
-        actual, blake3 = sha256_and_blake3_of(fetched.single_file)
+        actual, blake3_hex = sha256_and_blake3_of(fetched.single_file)
     if actual != expected.strip().lower():
         raise PackagingError(
             f"source {source}", f"sha256 mismatch: expected {expected}, got {actual}", SpecField.SHA256
         )
-    return replace(fetched, single_file_blake3=blake3)
+    return replace(fetched, single_file_blake3=blake3_hex)
 
 
 def _unpack(source: str, bundle: Path, destination: Path) -> Path:
