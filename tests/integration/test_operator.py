@@ -16,6 +16,13 @@ pytestmark = pytest.mark.cluster
 AUDIT_LOG = LOGS / "audit.log"  # the devcluster's API server logs every request's metadata there
 
 
+def stable_config_map(namespace: str) -> str:
+    """The ConfigMap the stable Deployment mounts (immutable, named by its content: cifar10-stable-config-<hash>)."""
+    template = get_json("-n", namespace, "deployment", "cifar10-stable")["spec"]["template"]
+    (name,) = [v["configMap"]["name"] for v in template["spec"]["volumes"] if v["name"] == "config"]
+    return str(name)
+
+
 def ready(namespace: str, name: str = "cifar10", timeout: str = "60s") -> dict:
     kubectl("wait", "-n", namespace, "--for=condition=Ready", f"--timeout={timeout}", f"md/{name}")
     return get_json("-n", namespace, f"md/{name}")
@@ -31,7 +38,7 @@ def test_apply_creates_owned_children_and_becomes_ready(operator, namespace):
     assert md["status"]["url"] == f"http://cifar10.{namespace}.svc.cluster.local:8080/predictions/cifar10"
     for kind, name in [
         ("deployment", "cifar10-stable"),
-        ("configmap", "cifar10-stable-config"),
+        ("configmap", stable_config_map(namespace)),
         ("service", "cifar10"),
         ("servicemonitor", "cifar10"),
     ]:
@@ -67,7 +74,14 @@ def test_serving_edit_updates_in_place(operator, namespace):
     deployment = get_json("-n", namespace, "deployment", "cifar10-stable")
     assert deployment["metadata"]["uid"] == uid  # updated, not recreated
     assert deployment["spec"]["replicas"] == 2
-    config = get_json("-n", namespace, "configmap", "cifar10-stable-config")["data"]["config.properties"]
+    config = wait_for(  # the old ConfigMap goes once its last pod does
+        lambda: (
+            get_json("-n", namespace, "configmap", stable_config_map(namespace))["data"]["config.properties"]
+            if len(get_json("-n", namespace, "configmap", "-l", "serving.canaria.dev/track=stable")["items"]) == 1
+            else None
+        ),
+        what="one stable ConfigMap",
+    )
     assert '"batchSize":4' in config
     assert md["status"]["observedGeneration"] == md["metadata"]["generation"]
 
@@ -85,22 +99,15 @@ def test_drift_is_repaired(operator, namespace):
         lambda: get_json("-n", namespace, "deployment", "cifar10-stable")["spec"]["replicas"] == 1,
         what="the hand-scaled Deployment to return to 1 replica",
     )
-    kubectl(
-        "patch",
-        "-n",
-        namespace,
-        "configmap",
-        "cifar10-stable-config",
-        "--type=merge",
-        "-p",
-        '{"data":{"config.properties":"tampered"}}',
+    config_map = stable_config_map(namespace)
+    tampered = kubectl(
+        "patch", "-n", namespace, "configmap", config_map, "--type=merge", "-p", '{"data":{"a":"b"}}', check=False
     )
+    assert tampered.returncode != 0 and "immutable" in tampered.stderr  # a track's configuration cannot drift
+    kubectl("delete", "-n", namespace, "configmap", config_map)
     wait_for(
-        lambda: (
-            "metrics_mode=prometheus"
-            in get_json("-n", namespace, "configmap", "cifar10-stable-config")["data"]["config.properties"]
-        ),
-        what="the tampered ConfigMap to be restored",
+        lambda: kubectl("get", "-n", namespace, "configmap", config_map, check=False).returncode == 0,
+        what="the deleted ConfigMap to be recreated",
     )
 
 
