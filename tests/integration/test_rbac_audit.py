@@ -28,6 +28,7 @@ pytestmark = pytest.mark.cluster
 
 NON_RESOURCE = "non-resource"
 SERVICE_MONITOR_CRD_FILE = "monitoring.coreos.com_servicemonitors.yaml"
+HTTP_ROUTE_CRD_FILE = "gateway.networking.k8s.io_httproutes.yaml"  # GatewayAPI mode's route (no Gateway needed)
 Grant = tuple[str, str, str]  # (API group, resource[/subresource] or non-resource URL pattern, verb)
 
 # Granted but never seen in the audit log, each with the path that needs it.
@@ -50,8 +51,8 @@ def audited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     saved = {name: os.environ.get(name) for name in ("KUBECONFIG", "PATH")}
     os.environ.update(private.env())
     try:
-        (service_monitors,) = [f for f in private.layout.crd_files if f.name == SERVICE_MONITOR_CRD_FILE]
-        for crd in (CRD, service_monitors):
+        third_party = [f for f in private.layout.crd_files if f.name in (SERVICE_MONITOR_CRD_FILE, HTTP_ROUTE_CRD_FILE)]
+        for crd in (CRD, *third_party):
             kubectl("apply", "--server-side", "-f", str(crd))
         kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/modeldeployments.serving.canaria.dev")
         yield private
@@ -183,12 +184,20 @@ spec: {{accessModes: [ReadOnlyMany], storageClassName: "", volumeName: {namespac
 
 
 def run_scenarios(namespace: str) -> None:
-    """What a model owner does: create, edit, scale, ServiceMonitor off and on, a model whose PVC appears
+    """What a model owner does: create, edit (a canary rollout), GatewayAPI mode, scale, ServiceMonitor off and
+    on, a model whose PVC appears
     later, one whose S3 credentials Secret is missing, then create the Secret, delete."""
-    apply(namespace, example_model_deployment("plain"))
+    # A one-step canary judged by its pause alone: the edit ends promoted, the canary and old ConfigMaps deleted.
+    quick = {"steps": [{"weight": 50, "pause": "1s"}], "analysis": {"metrics": []}}
+    apply(namespace, example_model_deployment("plain", rollout=quick))
     settled(namespace, "plain")
     patch_md(namespace, {"model": {"version": "1.1"}}, "plain")
     settled(namespace, "plain")
+    wait_for(lambda: not exists("-n", namespace, "deployment", "plain-canary"), what="the canary deleted")
+    gateway = {"mode": "GatewayAPI", "gateway": {"parentRefs": [{"name": "canaria", "namespace": "default"}]}}
+    apply(namespace, example_model_deployment("routed", traffic=gateway))
+    settled(namespace, "routed")
+    wait_for(lambda: exists("-n", namespace, "httproute", "routed"), what="the HTTPRoute")
     patch_md(namespace, {"serving": {"replicas": 2}}, "plain")
     wait_for(lambda: settled(namespace, "plain")["status"].get("readyReplicas") == 2, what="2 ready replicas")
     patch_md(namespace, {"monitoring": {"serviceMonitor": {"enabled": False}}}, "plain")
