@@ -160,7 +160,8 @@ def test_install_upgrade_uninstall(release: Release) -> None:
     assert not can_i(sa, "list", "secrets", "default"), "Secrets are read by name only"
     assert not can_i(sa, "create", "secrets", "default")
     assert not can_i(sa, "delete", "pods", "default")
-    assert not can_i(sa, "delete", "deployments.apps", "default"), "the garbage collector removes children"
+    assert not can_i(sa, "delete", "services", "default"), "the garbage collector removes children"
+    assert can_i(sa, "delete", "deployments.apps", "default"), "a finished canary's Deployment is deleted"
     assert not can_i(sa, "list", "namespaces", None), "Kopf reads namespaces only when it watches some"
     assert not can_i(sa, "create", "clusterroles.rbac.authorization.k8s.io", None)
 
@@ -331,7 +332,7 @@ def test_operator_runs_with_the_chart_rbac(release: Release, tmp_path: Path) -> 
         deployment = get_json("-n", models, "deployment", "cifar10-stable")
         assert deployment["metadata"]["ownerReferences"][0]["kind"] == "ModelDeployment"
         assert exists("-n", models, "service", "cifar10")
-        assert exists("-n", models, "configmap", "cifar10-stable-config")
+        assert get_json("-n", models, "configmap", "-l", "serving.canaria.dev/track=stable")["items"]
         assert exists("-n", models, "servicemonitor", "cifar10")
         wait_for(
             lambda: get_json("-n", models, "md", "cifar10").get("status", {}).get("conditions"),
