@@ -211,3 +211,14 @@ def test_s3_ranges_fetched_concurrently_are_hashed_in_order(tmp_path: Path, s3_e
     assert (
         run.summary["digest"] == recomputed_digest(tmp_path / "store" / "m.mar") == reference_digest(tmp_path, source)
     )
+
+
+def test_a_download_is_never_linked_in_place(tmp_path: Path, source: Path) -> None:
+    """--source-in-place names a path both containers mount; a download lives in staging, deleted afterwards."""
+    with serving_directory(source) as base_url:
+        args = ["--name", "m", "--version", "1.0", "--source", f"{base_url}/weights.pt", "--source-in-place"]
+        run = run_packager_in_process([*args, "--handler", "json_tensor", "--model-store", str(tmp_path / "store")],
+                                      tmp_path / "log")  # fmt: skip
+    archive = Path(run.summary["archive"])
+    assert not any(path.is_symlink() for path in archive.rglob("*"))
+    assert archive_files(archive)["weights.pt"] == (source / "weights.pt").read_bytes()
