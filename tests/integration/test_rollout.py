@@ -30,14 +30,17 @@ NO_CHECKS: dict[str, Any] = {"metrics": []}
 
 @pytest.fixture(scope="module")
 def private_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A control plane of this module's own with kwok's fake node and our CRD; KUBECONFIG and PATH point at it."""
+    """A control plane of this module's own with kwok's fake node, our CRD and the HTTPRoute's (no Gateway
+    implementation: the route's weights are checked as written); KUBECONFIG and PATH point at it."""
     shared = Layout.resolve(ROOT, Settings())
     state = tmp_path_factory.mktemp("rollout") / "state"
     private = Cluster.up(ROOT, Settings(state_dir=state, bin_dir=shared.bin_dir, install_crds=False))
     saved = {name: os.environ.get(name) for name in ("KUBECONFIG", "PATH")}
     os.environ.update(private.env())
     try:
-        kubectl("apply", "--server-side", "-f", str(CRD))
+        (routes,) = [f for f in shared.crd_files if f.name == "gateway.networking.k8s.io_httproutes.yaml"]
+        for crd in (CRD, routes):
+            kubectl("apply", "--server-side", "-f", str(crd))
         kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/modeldeployments.serving.canaria.dev")
         yield private
     finally:
@@ -259,6 +262,35 @@ def test_reverting_the_model_ends_the_rollout_at_once(operator, namespace):
     wait_for(lambda: not deployment_exists(namespace, "cifar10-canary"), what="the canary Deployment removed")
     assert stable_template(namespace) == before
     assert "RolloutReverted" in events(namespace)
+
+
+def route_weights(namespace: str) -> dict[str, int]:
+    route = get_json("-n", namespace, "httproute", "cifar10")
+    return {backend["name"]: backend["weight"] for backend in route["spec"]["rules"][0]["backendRefs"]}
+
+
+def test_gateway_mode_sets_the_routes_weights_exactly_at_each_step(operator, namespace):
+    parents = [{"name": "canaria", "namespace": "default"}]
+    traffic = {"mode": "GatewayAPI", "gateway": {"parentRefs": parents}}
+    apply(
+        namespace, example_model_deployment(rollout=rollout_spec("2s", "2s"), serving={"replicas": 2}, traffic=traffic)
+    )
+    serving(namespace, "1.0")
+    assert route_weights(namespace) == {"cifar10-stable": 100, "cifar10-canary": 0}
+    assert get_json("-n", namespace, "httproute", "cifar10")["spec"]["parentRefs"][0]["name"] == "canaria"
+    for track in ("stable", "canary"):
+        selector = get_json("-n", namespace, "service", f"cifar10-{track}")["spec"]["selector"]
+        assert selector["serving.canaria.dev/track"] == track
+    ship(namespace, "2.0")
+    first = baking(namespace, 0)
+    assert first["canaryWeight"] == 25 and route_weights(namespace) == {"cifar10-stable": 75, "cifar10-canary": 25}
+    assert get_json("-n", namespace, "deployment", "cifar10-canary")["spec"]["replicas"] == 1  # ceil(25 % of 2)
+    second = baking(namespace, 1)
+    assert second["canaryWeight"] == 50 and route_weights(namespace) == {"cifar10-stable": 50, "cifar10-canary": 50}
+    serving(namespace, "2.0")
+    wait_for(
+        lambda: route_weights(namespace) == {"cifar10-stable": 100, "cifar10-canary": 0}, what="all traffic to stable"
+    )
 
 
 @pytest.fixture
