@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from devcluster import Cluster, DevclusterError, Settings
-from devcluster.cluster import NODE_NAME
+from devcluster.cluster import FAKE_NODE_TAINT, NODE_NAME
 from devcluster.layout import BINARIES, COMPONENTS
+from tests.support.manifests import FAKE_NODE_SELECTOR, FAKE_NODE_TOLERATION
 
 pytestmark = pytest.mark.cluster
 
@@ -47,7 +48,12 @@ def deployment_manifest(name: str, namespace: str, replicas: int) -> str:
                 "selector": {"matchLabels": labels},
                 "template": {
                     "metadata": {"labels": labels},
-                    "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1"}]},
+                    "spec": {
+                        "containers": [{"name": "app", "image": "example.invalid/app:1"}],
+                        # kwok's fake node: pods that only need to exist (the real node would run them).
+                        "nodeSelector": FAKE_NODE_SELECTOR,
+                        "tolerations": [FAKE_NODE_TOLERATION],
+                    },
                 },
             },
         }
@@ -82,12 +88,13 @@ def processes_mentioning(text: str) -> list[int]:
     return pids
 
 
-def test_node_is_ready_untainted_and_sized(cluster: Cluster) -> None:
+def test_the_fake_node_is_ready_tainted_and_sized(cluster: Cluster) -> None:
     node = get_json(cluster, "node", NODE_NAME)
     ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"]
     assert ready == "True"
     assert node["metadata"]["labels"]["type"] == "kwok"
-    assert not node["spec"].get("taints")
+    # Only pods that tolerate it land here; the rest go to the node agent's node, where pods really run.
+    assert node["spec"]["taints"] == [FAKE_NODE_TAINT]
     assert node["status"]["allocatable"] == {"cpu": "256", "memory": "2Ti", "pods": "500"}
     table = cluster.kubectl("get", "nodes").stdout
     assert NODE_NAME in table and " Ready " in table
