@@ -23,7 +23,7 @@ def test_status_names_the_archive_the_pods_serve(
     apply_md(e2e_namespace, body)
     wait_ready(e2e_namespace, "cifar10")
     md = wait_for(
-        lambda: (m := get_json("-n", e2e_namespace, "md/cifar10"))["status"].get("modelDigest") and m,
+        lambda: (m := get_json("-n", e2e_namespace, "md/cifar10")).get("status", {}).get("modelDigest") and m,
         timeout=READY_TIMEOUT_S,
         what="status.modelDigest",
     )

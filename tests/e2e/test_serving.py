@@ -156,7 +156,7 @@ def test_a_bad_checksum_stops_the_init_container_and_says_so_in_both_statuses(
     assert "sha256" in message
     md = wait_for(
         lambda: (
-            (found := get_json("-n", e2e_namespace, "md/cifar10"))["status"].get("message", "").count("sha256")
+            (found := get_json("-n", e2e_namespace, "md/cifar10")).get("status", {}).get("message", "").count("sha256")
             and found
         ),
         timeout=60,
@@ -178,7 +178,7 @@ def test_a_handler_that_fails_to_import_never_becomes_ready_and_the_status_says_
     md = wait_for(
         lambda: (
             "a_module_that_is_not_installed"
-            in (found := get_json("-n", e2e_namespace, "md/cifar10"))["status"].get("message", "")
+            in (found := get_json("-n", e2e_namespace, "md/cifar10")).get("status", {}).get("message", "")
             and found
         ),
         timeout=180,
