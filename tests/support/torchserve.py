@@ -89,6 +89,8 @@ def on_loopback(config_properties: str, ports: Ports, model_store: Path) -> str:
     for line in config_properties.splitlines():
         key = line.split("=", 1)[0]
         lines.append(f"{key}={local[key]}" if key in local else line)
+    # TorchServe's gRPC API always listens, on 7070/7071 by default: two servers on one machine would collide.
+    lines += [f"grpc_inference_port={free_port()}", f"grpc_management_port={free_port()}"]
     return "\n".join(lines) + "\n"
 
 
