@@ -100,16 +100,22 @@ def config_maps_in_use(pods: list[Object]) -> set[str]:
 
 def unwanted_children(md: Object, observation: Observation, desired: list[Object]) -> list[tuple[str, str, str]]:
     """(apiVersion, kind, name) of children that exist but should not: a ServiceMonitor switched off, the canary
-    Deployment once no canary runs, and ConfigMaps no desired Deployment and no pod uses any more (a pod of an
-    old ReplicaSet still mounts its own until it goes)."""
+    Deployment once no canary runs, the route and track Services after a switch to Service mode, and ConfigMaps
+    no desired Deployment and no pod uses any more (a pod of an old ReplicaSet still mounts its own until it
+    goes)."""
     wanted = {(child["kind"], child["metadata"]["name"]) for child in desired}
     unwanted = []
     name = render.service_name(md)
-    if observation.children.get(("ServiceMonitor", name)) and ("ServiceMonitor", name) not in wanted:
-        unwanted.append((SERVICE_MONITOR_API, "ServiceMonitor", name))
-    canary = render.deployment_name(md, CANARY)
-    if observation.children.get(("Deployment", canary)) and ("Deployment", canary) not in wanted:
-        unwanted.append(("apps/v1", "Deployment", canary))
+    candidates = [
+        (SERVICE_MONITOR_API, "ServiceMonitor", name),
+        ("apps/v1", "Deployment", render.deployment_name(md, CANARY)),
+        (render.GATEWAY_API, "HTTPRoute", name),
+        ("v1", "Service", render.track_service_name(md, STABLE)),
+        ("v1", "Service", render.track_service_name(md, CANARY)),
+    ]
+    for api_version, kind, child in candidates:
+        if observation.children.get((kind, child)) and (kind, child) not in wanted:
+            unwanted.append((api_version, kind, child))
     in_use = config_maps_in_use(observation.pods) | {n for kind, n in wanted if kind == "ConfigMap"}
     unwanted += [("v1", "ConfigMap", n) for n in sorted(observation.config_maps) if n not in in_use]
     return unwanted
@@ -245,26 +251,25 @@ def unresolved_references(kube: Kube, md: Object) -> list[Problem]:
 def observe(kube: Kube, md: Object) -> Observation:
     namespace = md["metadata"]["namespace"]
     observation = Observation(service_monitor_api=kube.serves(SERVICE_MONITOR_API, "ServiceMonitor"))
+    owned = {render.OWNER_LABEL: md["metadata"]["name"], render.MANAGED_BY: "canaria"}
+    # Listed, not read by name: the list also finds what no longer belongs (old ConfigMaps, a track's Service
+    # left from GatewayAPI mode).
+    config_maps = kube.list("v1", "ConfigMap", namespace, owned)
+    observation.config_maps = [config_map["metadata"]["name"] for config_map in config_maps]
+    services = kube.list("v1", "Service", namespace, owned)
+    for kind, listed in [*(("ConfigMap", c) for c in config_maps), *(("Service", s) for s in services)]:
+        observation.children[(kind, listed["metadata"]["name"])] = listed
     kinds = [
         ("apps/v1", "Deployment", render.deployment_name(md, STABLE)),
         ("apps/v1", "Deployment", render.deployment_name(md, CANARY)),
-        ("v1", "Service", render.service_name(md)),
     ]
-    if gateway_mode(md):
-        kinds += [
-            ("v1", "Service", render.track_service_name(md, STABLE)),
-            ("v1", "Service", render.track_service_name(md, CANARY)),
-            (render.GATEWAY_API, "HTTPRoute", render.service_name(md)),
-        ]
+    # The route comes and goes with the track Services: read it only where they are (or should be).
+    if gateway_mode(md) or ("Service", render.track_service_name(md, STABLE)) in observation.children:
+        kinds.append((render.GATEWAY_API, "HTTPRoute", render.service_name(md)))
     if observation.service_monitor_api:
         kinds.append((SERVICE_MONITOR_API, "ServiceMonitor", render.service_name(md)))
     for api_version, kind, name in kinds:
         observation.children[(kind, name)] = kube.get(api_version, kind, namespace, name)
-    owned = {render.OWNER_LABEL: md["metadata"]["name"], render.MANAGED_BY: "canaria"}
-    config_maps = kube.list("v1", "ConfigMap", namespace, owned)
-    observation.config_maps = [config_map["metadata"]["name"] for config_map in config_maps]
-    for config_map in config_maps:
-        observation.children[("ConfigMap", config_map["metadata"]["name"])] = config_map
     observation.unresolved = unresolved_references(kube, md)
     observation.pods = kube.list("v1", "Pod", namespace, owned)
     return observation

@@ -160,7 +160,6 @@ def test_install_upgrade_uninstall(release: Release) -> None:
     assert not can_i(sa, "list", "secrets", "default"), "Secrets are read by name only"
     assert not can_i(sa, "create", "secrets", "default")
     assert not can_i(sa, "delete", "pods", "default")
-    assert not can_i(sa, "delete", "services", "default"), "the garbage collector removes children"
     assert can_i(sa, "delete", "deployments.apps", "default"), "a finished canary's Deployment is deleted"
     assert not can_i(sa, "list", "namespaces", None), "Kopf reads namespaces only when it watches some"
     assert not can_i(sa, "create", "clusterroles.rbac.authorization.k8s.io", None)

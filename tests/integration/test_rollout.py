@@ -291,6 +291,13 @@ def test_gateway_mode_sets_the_routes_weights_exactly_at_each_step(operator, nam
     wait_for(
         lambda: route_weights(namespace) == {"cifar10-stable": 100, "cifar10-canary": 0}, what="all traffic to stable"
     )
+    patch_md(namespace, {"traffic": {"mode": "Service", "gateway": None}})  # back to one Service over both tracks
+    gone = ("httproute/cifar10", "service/cifar10-stable", "service/cifar10-canary")
+    wait_for(
+        lambda: all(kubectl("get", "-n", namespace, child, check=False).returncode != 0 for child in gone),
+        what="the route and the track Services deleted",
+    )
+    assert kubectl("get", "-n", namespace, "service/cifar10", check=False).returncode == 0
 
 
 @pytest.fixture

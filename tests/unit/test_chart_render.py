@@ -330,8 +330,15 @@ def assert_least_privilege(rules: list[Rule]) -> None:
     assert {v for g, r, v in granted if r == "secrets"} <= {"get"}, "Secrets: read by name only"
     assert not {v for g, r, v in granted if r in ("pods", "persistentvolumeclaims")} - {"get", "list", "watch"}
     # The garbage collector removes children with their owner; the operator deletes only what an owner that stays
-    # no longer needs: a switched-off ServiceMonitor, a finished canary, ConfigMaps no pod uses.
-    deletable = {("monitoring.coreos.com", "servicemonitors"), ("apps", "deployments"), ("", "configmaps")}
+    # no longer needs: a switched-off ServiceMonitor, a finished canary, ConfigMaps no pod uses, GatewayAPI mode's
+    # route and track Services.
+    deletable = {
+        ("monitoring.coreos.com", "servicemonitors"),
+        ("apps", "deployments"),
+        ("", "configmaps"),
+        ("", "services"),
+        ("gateway.networking.k8s.io", "httproutes"),
+    }
     assert {(g, r) for g, r, v in granted if v == "delete"} <= deletable
     assert {(g, r) for g, r, v in granted if v == "update"} <= {("serving.canaria.dev", "modeldeployments/finalizers")}
 

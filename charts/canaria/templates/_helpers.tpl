@@ -107,13 +107,15 @@ remove them with their ModelDeployment); only a ServiceMonitor switched off is.
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["list", "watch", "create", "patch", "delete"]
+# Services are listed (never read by name); a track's Service is deleted when GatewayAPI mode is switched off.
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "list", "watch", "create", "patch"]
-# GatewayAPI traffic mode: the HTTPRoute that splits traffic between the tracks, read and applied in each pass.
+  verbs: ["list", "watch", "create", "patch", "delete"]
+# GatewayAPI traffic mode: the HTTPRoute that splits traffic between the tracks, read and applied in each pass,
+# deleted when the mode is switched off.
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["get", "create", "patch", "delete"]
 # ServiceMonitors likewise, and deleted when a ModelDeployment switches its ServiceMonitor off.
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
