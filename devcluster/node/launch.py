@@ -50,6 +50,15 @@ def _mount(source: str | None, target: str, flags: int) -> None:
     _check(_libc.mount(encoded_source, target.encode(), None, flags, None), f"mount {target}")
 
 
+# The virtual environment running this launcher, and the checkout its editable install points at.
+KEPT_VISIBLE = (sys.prefix, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def _hidden_by(paths: tuple[str, ...], targets: list[str]) -> list[str]:
+    """The paths that some mount target covers (equal to it or below it)."""
+    return [path for path in paths if any(path == t or path.startswith(t.rstrip("/") + "/") for t in targets)]
+
+
 def _bind(fd: int, target: str) -> None:
     """Bind-mounts the opened source onto target. The agent made the mount point, but another node agent on
     this machine (a test's second cluster) may have just removed it as its own leftover: make it again."""
@@ -73,10 +82,17 @@ def start(plan: dict[str, Any]) -> None:
     # Every source is opened before the first mount (a mount over /tmp must not hide a source under /tmp),
     # and after the unshare (a bind mount's source must belong to the caller's mount namespace).
     sources = [os.open(mount["source"], os.O_PATH | os.O_CLOEXEC) for mount in plan["mounts"]]
+    # This machine's Python environment stands in for the image's: a volume mounted over where it lives (a
+    # checkout under /tmp, say) must not hide it, so it is bound back on top.
+    targets = [mount["target"] for mount in plan["mounts"]]
+    kept = [(path, os.open(path, os.O_PATH | os.O_CLOEXEC)) for path in _hidden_by(KEPT_VISIBLE, targets)]
     for fd, mount in zip(sources, plan["mounts"], strict=True):
         _bind(fd, mount["target"])
         if mount["read_only"]:
             _mount(None, mount["target"], MS_REMOUNT | MS_BIND | MS_RDONLY)
+        os.close(fd)
+    for path, fd in kept:
+        _bind(fd, path)
         os.close(fd)
     if plan["read_only_root"]:  # this namespace's / only; last, since a bind mount inherits its source's ro
         _mount(None, "/", MS_REMOUNT | MS_BIND | MS_RDONLY)

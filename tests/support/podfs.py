@@ -15,11 +15,20 @@ permissions, are what the test checks.
 from __future__ import annotations
 
 import shlex
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+# What the containers run with here: the virtual environment and the checkout its editable install points at.
+KEPT_VISIBLE = (sys.prefix, str(Path(__file__).resolve().parents[2]))
+
+
+def hidden_by(paths: Sequence[str], mount_paths: Sequence[str]) -> list[str]:
+    """The paths that some mount path covers (equal to it or below it)."""
+    return [path for path in paths if any(path == m or path.startswith(m.rstrip("/") + "/") for m in mount_paths)]
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,10 @@ class PodFilesystem:
             steps.append(f"mount --bind {q(self.volumes[mount['name']])} {target}")
             if mount.get("readOnly"):
                 steps.append(f"mount -o remount,bind,ro {target}")
+        # This machine's Python environment stands in for the image's: a volume mounted over where it lives
+        # (a checkout under /tmp, say) must not hide it.
+        for kept in hidden_by(KEPT_VISIBLE, [mount["mountPath"] for mount in mounts]):
+            steps.append(f"mkdir -p {q(root)}{q(kept)} && mount --rbind {q(kept)} {q(root)}{q(kept)}")
         environment = [f"{key}={value}" for key, value in env.items()]
         inner = f'cd {q(workdir)} && exec "$@"'
         argv = [*container["command"], *container.get("args", [])]
