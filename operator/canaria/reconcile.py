@@ -191,11 +191,12 @@ def facts_of(
                 f"{render.OWNER_LABEL}={md['metadata']['name']}`",
             )
         )
-    canary_ready = 0
+    canary_ready, canary_digest = 0, ""
     if plan.canary is not None:
-        canary_ready = sum(
-            status.pod_ready(p) for p in pods_of(observation.pods, CANARY, render.content_hash(plan.canary.model))
-        )
+        canary_pods = pods_of(observation.pods, CANARY, render.content_hash(plan.canary.model))
+        canary_ready = sum(status.pod_ready(p) for p in canary_pods)
+        canary_version = str(plan.canary.model["version"])
+        canary_digest = status.ready_pod_digests(canary_pods, render.VERSION_LABEL).get(canary_version, "")
     return Facts(
         generation=md["metadata"].get("generation", 0),
         version=plan.stable.model["version"],
@@ -216,6 +217,7 @@ def facts_of(
             requested_weight=plan.requested_weight,
             effective_weight=plan.effective_weight,
             canary_ready=canary_ready,
+            canary_digest=canary_digest,
         ),
     )
 

@@ -651,6 +651,11 @@ def status_schema() -> Schema:
                 "their packaging init container reported it.",
                 maxLength=128,
             ),
+            "canaryModelDigest": string(
+                "Digest (blake3:<hex>) of the model archive the canary's ready pods loaded, while a rollout "
+                "runs a canary.",
+                maxLength=128,
+            ),
             "conditions": {
                 **array("Conditions.", condition, 32),
                 "x-kubernetes-list-type": "map",

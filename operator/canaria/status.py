@@ -79,6 +79,7 @@ class RolloutFacts:
     requested_weight: int = 0
     effective_weight: int = 0
     canary_ready: int = 0
+    canary_digest: str = ""  # the archive the canary's ready pods loaded, as their packager reported it
 
 
 # Rollout phases shown as is; Succeeded shows as Serving (the promoted version serves everything).
@@ -306,6 +307,8 @@ def derive(old: Object, facts: Facts, now: str) -> Object:
     if rollout is not None:
         new["requestedWeight"] = rollout.requested_weight
         new["canaryReadyReplicas"] = rollout.canary_ready
+        if rollout.canary_version and rollout.canary_digest:
+            new["canaryModelDigest"] = rollout.canary_digest
         new["rollout"] = rollout.state
     elif "rollout" in old:
         new["rollout"] = old["rollout"]

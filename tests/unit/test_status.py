@@ -249,3 +249,13 @@ def test_model_digest_is_the_stable_versions_and_survives_scaling_to_zero():
     assert promoted["stableVersion"] == "2.0" and promoted["modelDigest"] == newer
     unknown = status.derive(rolling, facts(version="2.0"), T1)  # ready pods that report no digest
     assert unknown["stableVersion"] == "2.0" and "modelDigest" not in unknown
+
+
+def test_the_canarys_archive_digest_shows_beside_the_stable_ones_while_a_canary_runs():
+    canary = "blake3:" + "ab" * 32
+    rollout = status.RolloutFacts("Progressing", "step 1", {}, "2.0", 10, 33, canary_ready=1, canary_digest=canary)
+    serving = status.derive({}, facts(digests={"1.0": DIGEST}), T0)
+    progressing = status.derive(serving, facts(digests={"1.0": DIGEST}, rollout=rollout), T1)
+    assert progressing["modelDigest"] == DIGEST and progressing["canaryModelDigest"] == canary
+    ended = status.RolloutFacts("Succeeded", "promoted", {}, "", canary_digest=canary)
+    assert "canaryModelDigest" not in status.derive(progressing, facts(version="2.0", rollout=ended), T1)
