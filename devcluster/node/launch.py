@@ -85,7 +85,13 @@ def start(plan: dict[str, Any]) -> None:
     # This machine's Python environment stands in for the image's: a volume mounted over where it lives (a
     # checkout under /tmp, say) must not hide it, so it is bound back on top.
     targets = [mount["target"] for mount in plan["mounts"]]
-    kept = [(path, os.open(path, os.O_PATH | os.O_CLOEXEC)) for path in _hidden_by(KEPT_VISIBLE, targets)]
+    hidden = _hidden_by(KEPT_VISIBLE, targets)
+    for path in hidden:  # its mount point, made in the covering volume's source (the mount may be read-only)
+        for mount in plan["mounts"]:
+            if _hidden_by((path,), [mount["target"]]) and os.path.isdir(mount["source"]):
+                relative = os.path.relpath(path, mount["target"])
+                os.makedirs(os.path.join(mount["source"], relative), exist_ok=True)
+    kept = [(path, os.open(path, os.O_PATH | os.O_CLOEXEC)) for path in hidden]
     for fd, mount in zip(sources, plan["mounts"], strict=True):
         _bind(fd, mount["target"])
         if mount["read_only"]:
