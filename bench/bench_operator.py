@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from stats import bootstrap_ratio_ci, mann_whitney, percentile, spread  # noqa: E402
 
-from canaria import kube, reconcile, render, spec  # noqa: E402
+from canaria import kube, reconcile, render, rollout, spec  # noqa: E402
 from devcluster import Cluster  # noqa: E402
 from devcluster.layout import Layout, Settings  # noqa: E402
 from tests.support.manifests import example_model_deployment, on_fake_node  # noqa: E402
@@ -92,14 +92,15 @@ def model_deployment(name: str) -> dict[str, Any]:
 
 
 def rendered_children(namespace: str, name: str) -> list[dict[str, Any]]:
-    """The children the operator renders for model_deployment(name), as the operator would apply them."""
+    """The children the operator's first pass renders for model_deployment(name) (the first version stable)."""
     md = spec.defaulted(
         {
             **model_deployment(name),
             "metadata": {"name": name, "namespace": namespace, "uid": "00000000-0000-0000-0000-000000000000"},
         }
     )
-    return reconcile.desired_children(md, render.Settings(), service_monitor_api=True)
+    first_plan = rollout.decide(md["spec"], {}, rollout.Observation(), datetime.datetime.now(datetime.UTC))
+    return reconcile.desired_children(md, first_plan, render.Settings(), service_monitor_api=True)
 
 
 def relabelled(value: Any) -> Any:
