@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from kubernetes import config
 from kubernetes.client import ApiClient
 from kubernetes.watch.watch import iter_resp_lines
@@ -206,7 +205,8 @@ class Latency:
 
 def apply_with_kubectl(documents: list[dict[str, Any]], namespace: str, *flags: str) -> float:
     """Runs one `kubectl apply`; returns when it started."""
-    text = "---\n".join(yaml.safe_dump(document) for document in documents)
+    # JSON, not YAML: PyYAML leaves a string such as a content hash "12e45" unquoted, and kubectl reads a number.
+    text = json.dumps({"apiVersion": "v1", "kind": "List", "items": documents})
     started = time.monotonic()
     kubectl("apply", "-n", namespace, *flags, "-f", "-", stdin=text)
     return started
