@@ -38,6 +38,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,21 +152,23 @@ class ChildWatch:
         client = api_client()
         version = self._list(client, path)
         self.ready.wait()
-        while True:  # the API server ends a watch after a while: resume from the last version seen
-            for line in self._stream(client, path, version):
-                arrived = time.monotonic()
-                event = json.loads(line)
-                obj = event["object"]
-                if event["type"] == "ERROR":  # e.g. 410 Gone: events may have been missed
-                    with self.changed:
-                        self.failure = f"{path}: the watch failed: {obj.get('message')}"
-                        self.changed.notify_all()
-                    return
-                version = obj["metadata"]["resourceVersion"]
-                if event["type"] == "ADDED":
-                    with self.changed:
-                        self.seen.setdefault((kind, obj["metadata"]["name"]), arrived)
-                        self.changed.notify_all()
+        try:
+            while True:  # the API server ends a watch after a while: resume from the last version seen
+                for line in self._stream(client, path, version):
+                    arrived = time.monotonic()
+                    event = json.loads(line)
+                    obj = event["object"]
+                    if event["type"] == "ERROR":  # e.g. 410 Gone: events may have been missed
+                        raise RuntimeError(obj.get("message"))
+                    version = obj["metadata"]["resourceVersion"]
+                    if event["type"] == "ADDED":
+                        with self.changed:
+                            self.seen.setdefault((kind, obj["metadata"]["name"]), arrived)
+                            self.changed.notify_all()
+        except Exception as error:  # a broken stream, or the cluster stopping at the end of the run
+            with self.changed:
+                self.failure = f"{path}: the watch failed: {error}"
+                self.changed.notify_all()
 
     @staticmethod
     def _list(client: ApiClient, path: str) -> str:
@@ -316,9 +319,10 @@ def rss_mb(pid: int) -> float:
     return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
 
 
-def write_requests() -> int:
+def write_requests() -> Counter[str]:
+    """Write requests the API server has answered so far, by "VERB resource[/subresource]"."""
     metrics = kubectl("get", "--raw", "/metrics")
-    total = 0
+    counts: Counter[str] = Counter()
     pattern = re.compile(r"^apiserver_request_total\{(.*)\} (\d+(?:\.\d+)?(?:e\+\d+)?)$")
     for line in metrics.splitlines():
         match = pattern.match(line)
@@ -328,8 +332,9 @@ def write_requests() -> int:
         if labels.get("verb") in {"POST", "PUT", "PATCH", "DELETE", "APPLY"} and (
             labels.get("resource") in WRITE_RESOURCES
         ):
-            total += int(float(match.group(2)))
-    return total
+            subresource = f"/{labels['subresource']}" if labels.get("subresource") else ""
+            counts[f"{labels['verb']} {labels['resource']}{subresource}"] += int(float(match.group(2)))
+    return counts
 
 
 def wait_settled(quiet_seconds: float = 15, timeout: float = 900) -> None:
@@ -446,7 +451,7 @@ def run(args: argparse.Namespace, pid: int) -> dict[str, Any]:
     rss = rss_mb(pid)
     before = write_requests()
     time.sleep(args.idle)
-    idle_writes = write_requests() - before
+    idle_writes = write_requests() - before  # Counter subtraction keeps the positive counts only
     lags = sorted(abs(lag) for lag in latency.watch_lag)
     resolution = percentile(lags, 0.99)  # how late (or early) an event may be against the response it follows
     result = {
@@ -468,7 +473,8 @@ def run(args: argparse.Namespace, pid: int) -> dict[str, Any]:
         "burst": {"objects": args.objects, "operator_s": burst, "floor_s": burst_floor, "ratio": burst / burst_floor},
         "rss_mb_after_burst": round(rss, 1),
         "idle_seconds": args.idle,
-        "idle_writes": idle_writes,
+        "idle_writes": idle_writes.total(),
+        "idle_writes_by_request": dict(idle_writes.most_common()),
     }
     return result
 

@@ -109,8 +109,9 @@ class Kube:
         selector = ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
         query = {"labelSelector": selector} if selector else None
         result = self.request("GET", collection_path(api_version, kind, namespace), query=query)
-        items: list[Object] = (result or {}).get("items", [])
-        return items
+        # A list's items carry no apiVersion or kind: fill them in, so that they compare with what we render
+        # (otherwise every pass would re-apply every listed child).
+        return [{"apiVersion": api_version, "kind": kind, **item} for item in (result or {}).get("items", [])]
 
     def serves(self, api_version: str, kind: str) -> bool:
         """Whether the cluster serves this kind (e.g. the ServiceMonitor CRD is installed), cached briefly:
