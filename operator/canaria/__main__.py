@@ -18,10 +18,14 @@ def print_crd() -> None:
 def run(namespaces: list[str], liveness: str | None) -> None:
     import kopf
 
+    from canaria import leader
     from canaria.handlers import options_from  # importing the module registers the handlers
 
     level = options_from(os.environ).log_level
     kopf.configure(debug=level == "DEBUG", quiet=level in ("WARNING", "ERROR"))
+    election = leader.settings_from(os.environ)
+    if election.enabled:  # of several replicas only the Lease's holder runs Kopf; the others wait here
+        leader.lead(election, liveness)
     kopf.run(clusterwide=not namespaces, namespaces=namespaces, standalone=True, liveness_endpoint=liveness)
 
 
