@@ -443,10 +443,12 @@ def _reconcile(kube: Kube, namespace: str, name: str, settings: Settings) -> Obj
     observation = observe(kube, md)
     clock = datetime.datetime.now(datetime.UTC)
     state = old.get("rollout") or {}
-    plan = rollout.decide(md["spec"], state, observe_rollout(md, observation, state, clock, settings), clock)
     applied: list[Object] = []
     rejected: list[Problem] = []
-    if not observation.unresolved:  # never touch what serves while a reference is broken
+    if observation.unresolved:  # never touch what serves, nor start a version, while a reference is broken
+        plan = rollout.unchanged(md["spec"], state, clock)
+    else:
+        plan = rollout.decide(md["spec"], state, observe_rollout(md, observation, state, clock, settings), clock)
         applied, rejected = apply_children(kube, md, observation, plan, settings)
     now = utc_now()
     new = status.derive(old, facts_of(md, observation, plan, applied, rejected, settings), now)

@@ -48,12 +48,14 @@ analysis at or after the bake's end that passes. Traffic moves only to Ready pod
 keeps the previous step's weight until the step's canary pods are Ready).
 
 Traffic (see canary_replicas): GatewayAPI mode splits exactly by the HTTPRoute's weights; the canary runs
-ceil(weight x R / 100) pods. Service mode splits by pod count: the stable track keeps R pods until
-promotion and the canary gets the pod count c whose share c / (c + R) is closest to the step's weight, with
-1 <= c <= 4 R and no share above the last step's weight unless c = 1. The effective weight (in status beside
-the requested one) is therefore one of a few values (R = 2: 33, 50, 60, 67, 71, 75, 78, 80 %): it differs
-from the requested weight by at most half the gap between two neighbours, except below the one-pod share or
-above the 4 R cap. The share is an average over requests spread evenly over Ready pods.
+ceil(weight x R / 100) pods, and once a step's bake starts, already the next step's (they start while the
+route still holds them out, so the next step need not wait for them). Service mode splits by pod count:
+the stable track keeps R pods until promotion and the canary gets the pod count c whose share c / (c + R) is
+closest to the step's weight, with 1 <= c <= 4 R and no share above the last step's weight unless c = 1. The
+effective weight (in status beside the requested one) is therefore one of a few values (R = 2: 33, 50, 60,
+67, 71, 75, 78, 80 %): it differs from the requested weight by at most half the gap between two neighbours,
+except below the one-pod share or above the 4 R cap. The share is an average over requests spread evenly over
+Ready pods.
 
 Promotion never leaves a capacity gap: the stable track rolls to V (its Deployment adds a pod before it
 removes one) while the canary keeps its pods and weight; the canary goes only once R stable pods run V.
@@ -333,6 +335,17 @@ def decide(spec: Object, state: Object, observation: Observation, now: datetime.
     return run.plan(new)
 
 
+def unchanged(spec: Object, state: Object, now: datetime.datetime) -> Plan:
+    """The plan of a pass that must not move the rollout: spec.model names a PVC or Secret that does not exist,
+    so nothing is applied and no version starts, steps or ends until it does (the stable track keeps
+    serving). The first version, with nothing serving yet, is decided as usual."""
+    current = State.from_dict(state)
+    if current.stable_model is None:
+        return decide(spec, state, Observation(), now)
+    run = _Pass(spec, Observation(), _at(_iso(now)), analysis_due=False)
+    return replace(run.plan(current), requeue_after=None)
+
+
 def hold_reason(spec: Object) -> str:
     """Why a rollout must hold, if it must: the user paused it, or nothing serves (so nothing to judge)."""
     if spec["rollout"]["paused"]:
@@ -589,6 +602,17 @@ class _Pass:
             return state.traffic_weight
         return service_weight(canary_replicas(self.spec, target_weight(self.spec, state)), self.replicas)
 
+    def canary_pods(self, state: State, requested: int) -> int:
+        """The step's canary pods. GatewayAPI mode starts the next step's pods once this step's bake runs: they
+        take no requests until the route moves, and the next step then begins without waiting for pods to
+        start. (Service mode cannot: there a pod is a share of the requests.)"""
+        pods = canary_replicas(self.spec, requested)
+        steps = rollout_steps(self.rollout)
+        gateway = self.spec["traffic"]["mode"] == "GatewayAPI"
+        if gateway and state.bake_started_at is not None and state.step + 1 < len(steps):
+            pods = max(pods, canary_replicas(self.spec, steps[state.step + 1].weight))
+        return pods
+
     def plan(self, state: State) -> Plan:
         stable_model = state.canary_model if state.phase is Phase.PROMOTING else state.stable_model
         assert stable_model is not None
@@ -597,7 +621,7 @@ class _Pass:
         if state.canary_model is not None and state.phase in ENDED_BADLY:
             canary = Track(state.canary_model, 0)
         elif state.canary_model is not None and state.phase in UNDER_WAY and requested > 0:
-            canary = Track(state.canary_model, canary_replicas(self.spec, requested))
+            canary = Track(state.canary_model, self.canary_pods(state, requested))
         gateway = self.spec["traffic"]["mode"] == "GatewayAPI"
         return Plan(
             state=state.to_dict(),

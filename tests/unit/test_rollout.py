@@ -416,6 +416,7 @@ def test_gateway_api_moves_the_route_only_once_the_steps_pods_are_ready():
     assert plan.route_weights == {"stable": 100, "canary": 0} and plan.canary.replicas == 1  # type: ignore[union-attr]
     plan = run.at(2)
     assert plan.route_weights == {"stable": 90, "canary": 10} and plan.effective_weight == 10
+    assert plan.canary.replicas == 2, "the next step's pods start during this step's bake"  # type: ignore[union-attr]
     for t in (12, 22):
         run.at(t, analysis=PASS)
     plan = run.at(32, analysis=PASS, canary=TrackStatus(rollout.model_hash(run.state["canaryModel"]), 1))
@@ -467,3 +468,33 @@ def test_state_is_plain_json_in_camel_case_with_the_canary_hash():
     )
     assert state["canaryHash"] == rollout.model_hash(state["canaryModel"])
     assert rollout.State.from_dict(state).to_dict() == state
+
+
+def test_gateway_api_prescaled_pods_let_the_next_step_start_when_the_bake_ends():
+    gateway = {"mode": "GatewayAPI", "gateway": {"parentRefs": [{"name": "web"}]}}
+    run = Run(make_spec(traffic=gateway, serving={"replicas": 4}))
+    run.at(1, version(run.spec, "2.0"), canary=TrackStatus())
+    run.at(2)
+    for t in (12, 22):
+        run.at(t, analysis=PASS)
+    plan = run.at(32, analysis=PASS)  # the world ran the 2 pods planned at t=2: no wait for pods to start
+    assert plan.phase is Phase.PROGRESSING and "StepStarted" in reasons(plan)
+    assert plan.route_weights == {"stable": 50, "canary": 50}
+    assert run.state["bakeStartedAt"] == run.state["stepStartedAt"]
+
+
+def test_service_mode_runs_only_the_current_steps_pods():
+    run = shipped(make_spec(serving={"replicas": 2}))
+    assert run.plan.canary.replicas == 1 and run.plan.effective_weight == 33  # type: ignore[union-attr]
+
+
+def test_a_pass_that_must_not_move_keeps_the_state_and_the_stable_track():
+    run = Run(make_spec())
+    edited = version(run.spec, "2.0")
+    plan = rollout.unchanged(edited, run.state, T0 + datetime.timedelta(seconds=5))
+    assert plan.state == run.state and plan.phase is Phase.SERVING and plan.canary is None and not plan.events
+    assert plan.stable.model["version"] == run.spec["model"]["version"]
+    mid = shipped()
+    held = rollout.unchanged(version(mid.spec, "3.0"), mid.state, T0 + datetime.timedelta(seconds=500))
+    assert held.state == mid.state and held.phase is Phase.PROGRESSING and held.requeue_after is None
+    assert held.canary.model["version"] == "2.0"  # type: ignore[union-attr]
