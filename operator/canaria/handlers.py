@@ -81,6 +81,7 @@ def resync(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
 @kopf.on.event("v1", "configmaps", labels=CHILD_FILTER)
 @kopf.on.event("v1", "pods", labels=CHILD_FILTER)
 @kopf.on.event("monitoring.coreos.com", "v1", "servicemonitors", labels=CHILD_FILTER)
+@kopf.on.event("gateway.networking.k8s.io", "v1", "httproutes", labels=CHILD_FILTER)
 def child_changed(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
     """A child changed (its status, a hand edit, a deletion): repair drift and refresh status."""
     owner = labels.get(render.OWNER_LABEL)

@@ -9,6 +9,7 @@ namespace of the shared cluster (the demo's) would otherwise act on these object
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import signal
 import time
@@ -264,6 +265,58 @@ def test_reverting_the_model_ends_the_rollout_at_once(operator, namespace):
     assert "RolloutReverted" in events(namespace)
 
 
+def test_a_version_whose_volume_is_missing_starts_only_once_the_claim_exists(operator, namespace):
+    start(namespace, rollout_spec("2s"))
+    before = stable_template(namespace)
+    patch_md(namespace, {"model": {"version": "2.0", "storageUri": "pvc://later/cifar10"}})
+    md = wait_for(
+        lambda: (
+            (m := get_json("-n", namespace, "md/cifar10"))
+            and condition(m, "ResolvedRefs").get("reason") == "PVCNotFound"
+            and m
+        ),
+        what="the missing claim reported",
+    )
+    # Degraded: version 1.0 serves, and the edit cannot be acted on until the claim exists.
+    assert md["status"]["phase"] == "Degraded" and md["status"]["stableVersion"] == "1.0", md["status"]
+    held = md_status(namespace)  # the pass that reported the claim is the one that would have started it
+    assert held["rollout"]["phase"] == "Serving" and not held.get("canaryVersion"), held
+    assert "RolloutStarted" not in events(namespace)
+    assert not deployment_exists(namespace, "cifar10-canary") and stable_template(namespace) == before
+    kubectl("apply", "-f", "-", input=json.dumps(bound_claim(namespace, "later")))
+    serving(namespace, "2.0")
+    assert "RolloutStarted" in events(namespace)
+
+
+def bound_claim(namespace: str, name: str) -> dict[str, Any]:
+    """A claim with a volume made for it (the scheduler places no pod whose claim is unbound)."""
+    volume = f"{namespace}-{name}"
+    access = {"accessModes": ["ReadOnlyMany"], "storageClassName": ""}
+    return {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": volume},
+                "spec": {
+                    **access,
+                    "capacity": {"storage": "1Gi"},
+                    "hostPath": {"path": "/nonexistent"},  # kwok's pods never mount it
+                    "claimRef": {"namespace": namespace, "name": name},
+                },
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {**access, "volumeName": volume, "resources": {"requests": {"storage": "1Gi"}}},
+            },
+        ],
+    }
+
+
 def route_weights(namespace: str) -> dict[str, int]:
     route = get_json("-n", namespace, "httproute", "cifar10")
     return {backend["name"]: backend["weight"] for backend in route["spec"]["rules"][0]["backendRefs"]}
@@ -298,6 +351,22 @@ def test_gateway_mode_sets_the_routes_weights_exactly_at_each_step(operator, nam
         what="the route and the track Services deleted",
     )
     assert kubectl("get", "-n", namespace, "service/cifar10", check=False).returncode == 0
+
+
+def test_a_hand_edit_of_the_routes_weights_is_repaired_at_once(operator, namespace):
+    traffic = {"mode": "GatewayAPI", "gateway": {"parentRefs": [{"name": "canaria", "namespace": "default"}]}}
+    apply(namespace, example_model_deployment(rollout=rollout_spec("2s"), traffic=traffic))
+    serving(namespace, "1.0")
+    backends = get_json("-n", namespace, "httproute", "cifar10")["spec"]["rules"][0]["backendRefs"]
+    edited = [{**backend, "weight": 50} for backend in backends]
+    kubectl("patch", "-n", namespace, "httproute", "cifar10", "--type=json", "-p",
+            json.dumps([{"op": "replace", "path": "/spec/rules/0/backendRefs", "value": edited}]))  # fmt: skip
+    # Well inside the 5-minute resync: only the route's watch can bring the pass this soon.
+    wait_for(
+        lambda: route_weights(namespace) == {"cifar10-stable": 100, "cifar10-canary": 0},
+        timeout=20,
+        what="the route's weights repaired",
+    )
 
 
 @pytest.fixture

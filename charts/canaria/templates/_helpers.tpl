@@ -112,10 +112,10 @@ remove them with their ModelDeployment); only a ServiceMonitor switched off is.
   resources: ["services"]
   verbs: ["list", "watch", "create", "patch", "delete"]
 # GatewayAPI traffic mode: the HTTPRoute that splits traffic between the tracks, read and applied in each pass,
-# deleted when the mode is switched off.
+# watched so a hand edit of its weights is repaired at once, deleted when the mode is switched off.
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # ServiceMonitors likewise, and deleted when a ModelDeployment switches its ServiceMonitor off.
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
