@@ -134,14 +134,16 @@ def test_helm_lint_strict_passes(tmp_path: Path, values: dict[str, Any]) -> None
 
 
 def test_default_release_objects(default: list[Object]) -> None:
-    assert sorted(o["kind"] for o in default) == ["ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount"]
+    assert sorted(o["kind"] for o in default) == [
+        "ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount",
+    ]  # fmt: skip
     for obj in default:
         meta = obj["metadata"]
-        assert meta["name"] == FULLNAME
+        assert meta["name"] == (f"{FULLNAME}-metrics" if obj["kind"] == "Service" else FULLNAME)
         assert meta["labels"]["helm.sh/chart"] == "canaria-0.1.0"
         assert meta["labels"]["app.kubernetes.io/instance"] == RELEASE
         assert meta["labels"]["app.kubernetes.io/managed-by"] == "Helm"
-        if obj["kind"] in ("Deployment", "ServiceAccount"):
+        if obj["kind"] in ("Deployment", "ServiceAccount", "Service"):
             assert meta["namespace"] == NAMESPACE
 
 
@@ -149,7 +151,7 @@ def test_fullname_prefixes_release_names_without_the_chart_name(tmp_path: Path) 
     result = helm("template", "ml", str(CHART), "--kube-version", KUBE_VERSION)
     assert result.returncode == 0, result.stderr
     names = {doc["metadata"]["name"] for doc in yaml.safe_load_all(result.stdout) if doc}
-    assert names == {"ml-canaria"}
+    assert names == {"ml-canaria", "ml-canaria-metrics"}
 
 
 def test_the_kubernetes_version_floor_is_enforced(tmp_path: Path) -> None:
@@ -420,7 +422,7 @@ def test_watch_namespaces_get_a_role_each_and_nothing_namespaced_cluster_wide(
 
 def test_rbac_and_service_account_can_be_brought_by_the_user(tmp_path: Path) -> None:
     objects = template(tmp_path, {"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "ops"}})
-    assert [o["kind"] for o in objects] == ["Deployment"]
+    assert sorted(o["kind"] for o in objects) == ["Deployment", "Service"]  # the operator and its metrics Service
     assert one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "ops"
     objects = template(tmp_path, {"serviceAccount": {"create": False, "name": "ops"}})
     assert one(objects, "ClusterRoleBinding")["subjects"][0]["name"] == "ops"
@@ -464,7 +466,7 @@ def leaf_paths(schema: dict[str, Any], prefix: str = "") -> list[str]:
     paths = []
     for key, sub in schema.get("properties", {}).items():
         path = f"{prefix}{key}"
-        if sub.get("additionalProperties") is False and "properties" in sub and key != "resources":
+        if sub.get("additionalProperties") is False and "properties" in sub and key not in ("resources", "alerts"):
             paths += leaf_paths(sub, f"{path}.")
         else:
             paths.append(path)

@@ -159,3 +159,19 @@ some), and API discovery.
 - nonResourceURLs: ["/api", "/api/*", "/apis", "/apis/*"]
   verbs: ["get"]
 {{- end }}
+
+{{/*
+Name of the operator's metrics Service. The Prometheus Operator names the scrape job after it, so it is also
+the `job` label of the operator's series (canaria.operatorJob).
+*/}}
+{{- define "canaria.metricsServiceName" -}}
+{{- printf "%s-metrics" (include "canaria.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The PromQL label matcher that picks the operator's own series in the chart's alerts: its scrape job, unless
+metrics.prometheusRule.operatorJob names another (a Prometheus that scrapes the operator some other way).
+*/}}
+{{- define "canaria.operatorJob" -}}
+{{- printf "job=%q" (default (include "canaria.metricsServiceName" .) .Values.metrics.prometheusRule.operatorJob) }}
+{{- end }}
