@@ -469,6 +469,13 @@ def rollout_schema() -> Schema:
                 "spec.rollout.analysis.metrics: a query uses an unknown variable; the known ones are "
                 + ", ".join("{{" + name + "}}" for name in VARIABLE_NAMES),
             ),
+            (
+                # Every {{ opens a variable that closes: as many {{ as whole {{...}} (canaria.analysis.render_query).
+                "!has(self.metrics) || self.metrics.all(m, !has(m.query) || "
+                "size(m.query.findAll('[{][{]')) == size(m.query.findAll('[{][{][^{}]*[}][}]')))",
+                "spec.rollout.analysis.metrics: a query has a {{ without its closing }}: write variables as "
+                "{{name}}",
+            ),
         ],
         default={},
     )

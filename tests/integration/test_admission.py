@@ -42,6 +42,18 @@ def test_the_valid_base_is_accepted(crd_installed):
     assert dry_run_apply(example_model_deployment()) == ""
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        'sum(rate(ts_inference_requests_total{namespace="{{namespace}}", track="{{ track }}"}[{{interval}}]))',
+        "sum(rate(ts_inference_requests_total{{{track}}}[5m]))",  # a selector's brace right before a variable
+    ],
+)
+def test_queries_whose_variables_all_close_are_accepted(crd_installed, query):
+    analysis = {"metrics": [{"name": "requests", "query": query, "min": 0}]}
+    assert dry_run_apply(example_model_deployment(rollout={"analysis": analysis})) == ""
+
+
 @pytest.mark.parametrize("case", CORPUS, ids=[case["case"] for case in CORPUS])
 def test_invalid_object_is_rejected_with_its_message(crd_installed, case):
     body = merged(example_model_deployment(), {"spec": case.get("spec", {}), "metadata": case.get("metadata", {})})
