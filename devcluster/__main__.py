@@ -1,4 +1,4 @@
-"""`python -m devcluster up|down|status|env`, run from the repository root."""
+"""`python -m devcluster up|down|status|env|restart <part>`, run from the repository root."""
 
 from __future__ import annotations
 
@@ -9,20 +9,28 @@ import sys
 import time
 from pathlib import Path
 
-from .cluster import Cluster, DevclusterError, status, stop
+from .cluster import RESTARTABLE, Cluster, DevclusterError, restart, status, stop
 from .layout import Layout, Settings
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devcluster", description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status", "env"])
+    parser.add_argument("command", choices=["up", "down", "status", "env", "restart"])
+    parser.add_argument("part", nargs="?", choices=RESTARTABLE, help="restart: the part to stop and start again")
     parser.add_argument("--root", type=Path, default=Path("."), help="repository root (default: .)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[devcluster] %(message)s")
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so a half-started cluster is stopped, not orphaned.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     layout = Layout.resolve(args.root, Settings())
+    if (args.command == "restart") != (args.part is not None):
+        parser.error("restart needs a part (and only restart takes one)")
     try:
+        if args.command == "restart":
+            started = time.monotonic()
+            restart(layout, args.part)
+            print(f"{args.part} restarted in {time.monotonic() - started:.1f}s")
+            return 0
         return COMMANDS[args.command](args.root, layout)
     except DevclusterError as err:
         print(f"devcluster {args.command} failed: {err}", file=sys.stderr)

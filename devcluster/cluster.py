@@ -111,13 +111,14 @@ class Cluster:
             "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
         }
 
+    def stopped(self, name: str) -> contextlib.AbstractContextManager[None]:
+        """A block during which one part (RESTARTABLE) is stopped; it starts again as `up` starts it."""
+        return stopped(self.layout, name)
+
     @property
     def pod_network(self) -> podnet.PodNetwork:
         """The pod network namespace: enter it to reach pod addresses (never dial them from the host)."""
-        pid = procs.recorded_pid(procs.RunFiles(self.layout.run_dir, "podnet"))
-        if pid is None:
-            raise DevclusterError("podnet", "the pod network's holder process is not running", fix="`make cluster`")
-        return podnet.PodNetwork(pid)
+        return _recorded_pod_network(self.layout)
 
 
 def stop(layout: Layout) -> None:
@@ -131,6 +132,63 @@ def status(layout: Layout) -> dict[str, Any]:
     pids = {name: procs.recorded_pid(procs.RunFiles(layout.run_dir, name)) for name in (*COMPONENTS, *ADDONS)}
     cluster = _attach(layout)
     return {"server": cluster.server if cluster else None, "ready": cluster is not None, "pids": pids}
+
+
+# Parts that may be stopped and started again while the rest of the cluster runs (a test of an outage).
+RESTARTABLE = ("prometheus",)
+
+
+@dataclass(frozen=True)
+class _Launch:
+    """How `up` starts one part: its argv and environment, inside the pod network or not, and its health."""
+
+    argv: list[str]
+    env: Mapping[str, str] | None
+    in_pod_network: bool
+    healthy: Callable[[], bool]
+
+
+def _launch_of(layout: Layout, name: str, ports: Mapping[str, int]) -> _Launch:
+    if name == "prometheus":
+        return _Launch(monitoring.prometheus_argv(layout), None, True, lambda: monitoring.prometheus_ready(ports))
+    raise DevclusterError(name, f"cannot be restarted alone (only {', '.join(RESTARTABLE)})")
+
+
+@contextlib.contextmanager
+def stopped(layout: Layout, name: str, timeout_s: float = Settings().component_timeout_s) -> Iterator[None]:
+    """Stops one running part for the block, then starts it as `up` did and waits until it is healthy.
+
+    The state dir's lock is held throughout: a concurrent `up` (`make cluster`, another test session) waits
+    for the part to be back instead of finding a component down and starting the whole cluster over."""
+    with _locked(layout):
+        recorded = json.loads(layout.cluster_file.read_text())
+        launch = _launch_of(layout, name, recorded["ports"])
+        run = procs.RunFiles(layout.run_dir, name)
+        if procs.recorded_pid(run) is None:
+            raise DevclusterError(name, "is not running", layout.log(name), fix="`make cluster`")
+        procs.stop([run])
+        try:
+            yield
+        finally:
+            preexec = _recorded_pod_network(layout).preexec() if launch.in_pod_network else None
+            env = {**(launch.env or os.environ), "PYTHONPATH": str(layout.root)}
+            process = procs.start(launch.argv, layout.log(name), run, env=env, preexec=preexec)
+            if not wait_until(launch.healthy, timeout_s, still_running=lambda: process.poll() is None):
+                raise DevclusterError(name, f"did not become healthy again within {timeout_s:.0f}s", layout.log(name))
+            log.info("%s started again (pid %d)", name, process.pid)
+
+
+def restart(layout: Layout, name: str) -> None:
+    """`python -m devcluster restart prometheus`: stop one part and start it again as `up` does."""
+    with stopped(layout, name):
+        pass
+
+
+def _recorded_pod_network(layout: Layout) -> podnet.PodNetwork:
+    pid = procs.recorded_pid(procs.RunFiles(layout.run_dir, "podnet"))
+    if pid is None:
+        raise DevclusterError("podnet", "the pod network's holder process is not running", fix="`make cluster`")
+    return podnet.PodNetwork(pid)
 
 
 @contextlib.contextmanager
@@ -296,8 +354,9 @@ class _Starter:
         self._await_healthy("prometheus-operator", lambda: monitoring.operator_healthy(ports))
         self._launch("prometheus-sync", monitoring.sync_argv(layout, ports), None)
         self._await_healthy("prometheus-sync", lambda: monitoring.config_written(layout))
-        self._launch("prometheus", monitoring.prometheus_argv(layout), None, network.preexec())
-        self._await_healthy("prometheus", lambda: monitoring.prometheus_ready(ports))
+        prometheus = _launch_of(layout, "prometheus", ports)  # as `stopped` starts it again
+        self._launch("prometheus", prometheus.argv, None, network.preexec(), prometheus.env)
+        self._await_healthy("prometheus", prometheus.healthy)
         self._await_healthy("traefik", lambda: gateway.programmed(admin))
 
     def _ports(self) -> dict[str, int]:

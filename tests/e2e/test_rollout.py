@@ -5,40 +5,20 @@ rolled back by ErrorRate; a good version is then promoted; the stable version an
 from __future__ import annotations
 
 import json
-import shutil
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from devcluster import Cluster, monitoring
+from devcluster import Cluster
 from devcluster.podnet import PodNetwork
-from devcluster.traffic import Load, Report, ServiceEndpoints, admin_api, run
-from tests.integration.conftest import Operator, get_json, kubectl, wait_for
-from tests.support.torchserve import encoded_image
+from tests.integration.conftest import Operator, kubectl, wait_for
 
 from .conftest import READY_TIMEOUT_S, local_volume, serving_model
-from .test_serving import apply_md, train, wait_ready
+from .rollouts import FLAKY_HANDLER, good_source, handler_model, handler_source, prometheus_url, service_load, status
+from .test_serving import apply_md, wait_ready
 
-ROOT = Path(__file__).resolve().parents[2]
-FLAKY_HANDLER = '''
-from image_classifier import ImageClassifier
-
-
-class FlakyClassifier(ImageClassifier):
-    """The built-in classifier, except that every third batch fails (a 5xx answer)."""
-
-    batches = 0
-
-    def handle(self, data, context):
-        FlakyClassifier.batches += 1
-        if FlakyClassifier.batches % 3 == 0:
-            raise RuntimeError("flaky canary: every third batch fails")
-        return super().handle(data, context)
-'''
 ERROR_RATE_MAX = 5  # percent; the flaky version fails about 33 %
 
 
@@ -57,53 +37,6 @@ def rollout_namespace(cluster: Cluster) -> Iterator[tuple[str, Operator]]:
     assert "Traceback" not in running.log(), "the operator logged a traceback: see " + str(running.log_path)
 
 
-def sources(model_source: Path, root: Path) -> None:
-    """root/cifar10: the good model; root/flaky: the same files with a handler that fails every third batch."""
-    shutil.copytree(model_source, root / "cifar10")
-    flaky = root / "flaky"
-    shutil.copytree(model_source, flaky)
-    for name in ("image_classifier.py", "canaria_base.py"):
-        shutil.copy(ROOT / "model_handlers" / name, flaky / name)
-    (flaky / "flaky.py").write_text(FLAKY_HANDLER)
-
-
-def status(namespace: str) -> dict[str, Any]:
-    result: dict[str, Any] = get_json("-n", namespace, "md/cifar10").get("status", {})
-    return result
-
-
-class Background:
-    """Steady load on the Service in a thread, from inside the pod network, until stopped."""
-
-    def __init__(self, cluster: Cluster, network: PodNetwork, namespace: str) -> None:
-        body = encoded_image(train.held_out_digits().images[0])
-        # 50 requests over 10 s per run: 5 per second, and a stop is never more than 10 s away.
-        self.load = Load(count=50, duration_s=10, path="/predictions/cifar10", method="POST", body=body, rate_per_s=5)
-        self.endpoints = ServiceEndpoints(admin_api(cluster), namespace, "cifar10", "http")
-        self.network = network
-        self.reports: list[Report] = []
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self.stopping.is_set():
-            self.reports.append(run(self.load, self.endpoints, self.network))
-
-    def __enter__(self) -> Background:
-        self.endpoints.__enter__()
-        self.endpoints.wait_for(bool, timeout_s=30)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopping.set()
-        self.thread.join(timeout=60)
-        self.endpoints.__exit__(*exc)
-
-    def results(self) -> list[Any]:
-        return [result for report in self.reports for result in report.results]
-
-
 def test_a_failing_version_is_rolled_back_by_error_rate_and_a_good_one_promoted(
     cluster: Cluster,
     rollout_namespace: tuple[str, Operator],
@@ -112,9 +45,10 @@ def test_a_failing_version_is_rolled_back_by_error_rate_and_a_good_one_promoted(
     tmp_path: Path,
 ) -> None:
     namespace, _operator = rollout_namespace
-    sources(model_source, tmp_path)
+    good_source(model_source, tmp_path)
+    handler_source(model_source, tmp_path, "flaky", FLAKY_HANDLER)
     local_volume(namespace, "models", tmp_path)
-    prometheus = monitoring.url(json.loads(cluster.layout.cluster_file.read_text())["ports"])
+    prometheus = prometheus_url(cluster)
     rollout = {
         "steps": [{"weight": 50, "pause": "60s"}],
         "progressDeadline": "5m",
@@ -130,13 +64,8 @@ def test_a_failing_version_is_rolled_back_by_error_rate_and_a_good_one_promoted(
     apply_md(namespace, body)
     wait_ready(namespace, "cifar10")
 
-    with Background(cluster, pod_network, namespace) as load:
-        flaky = {
-            "version": "2.0",
-            "storageUri": "pvc://models/flaky",
-            "handler": "flaky.py",
-            "extraFiles": ["index_to_name.json", "image_classifier.py", "canaria_base.py"],
-        }
+    with service_load(cluster, pod_network, namespace) as load:
+        flaky = handler_model("flaky", "2.0")
         kubectl("patch", "-n", namespace, "md", "cifar10", "--type=merge", "-p", json.dumps({"spec": {"model": flaky}}))
         rolled_back = wait_for(
             lambda: (s := status(namespace)).get("phase") == "RolledBack" and s,
