@@ -18,11 +18,11 @@ def print_crd() -> None:
 def run(namespaces: list[str], liveness: str | None) -> None:
     import kopf
 
-    from canaria import leader
+    from canaria import leader, logs
     from canaria.handlers import options_from  # importing the module registers the handlers
 
-    level = options_from(os.environ).log_level
-    kopf.configure(debug=level == "DEBUG", quiet=level in ("WARNING", "ERROR"))
+    options = options_from(os.environ)
+    logs.configure(options.log_level, options.log_format)
     election = leader.settings_from(os.environ)
     if election.enabled:  # of several replicas only the Lease's holder runs Kopf; the others wait here
         leader.lead(election, liveness)

@@ -10,7 +10,7 @@ from typing import Any
 
 import kopf
 
-from canaria import render, schema, spec
+from canaria import logs, metrics, render, schema, spec
 from canaria.kube import Kube
 from canaria.reconcile import reconcile
 from canaria.render import Settings
@@ -18,6 +18,7 @@ from canaria.render import Settings
 RESYNC_SECONDS = 300  # reads only; picks up what no watch reports (e.g. a Secret created later)
 CHILD_FILTER = {render.MANAGED_BY: "canaria"}
 SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -27,9 +28,15 @@ class Options:
     settings: Settings  # shapes the rendered objects
     workers: int  # reconcile passes that may run at once
     log_level: str
+    log_format: str = "text"  # or "json": one object per line
+    metrics_port: int = 8081  # 0: no metrics endpoint
+    metrics_address: str = "0.0.0.0"
 
 
 def options_from(environ: Mapping[str, str]) -> Options:
+    log_format = environ.get("CANARIA_LOG_FORMAT", "text").lower()
+    if log_format not in logs.FORMATS:
+        raise ValueError(f"CANARIA_LOG_FORMAT={log_format!r}: expected one of {', '.join(logs.FORMATS)}")
     return Options(
         settings=Settings(
             packager_image=environ.get("CANARIA_PACKAGER_IMAGE", Settings.packager_image),
@@ -38,6 +45,9 @@ def options_from(environ: Mapping[str, str]) -> Options:
         ),
         workers=int(environ.get("CANARIA_WORKERS", "20")),
         log_level=environ.get("CANARIA_LOG_LEVEL", "INFO").upper(),
+        log_format=log_format,
+        metrics_port=int(environ.get("CANARIA_METRICS_PORT", "8081")),
+        metrics_address=environ.get("CANARIA_METRICS_ADDRESS", "0.0.0.0"),
     )
 
 
@@ -62,6 +72,33 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     set_concurrency(settings, options.workers)
     memo.kube = Kube()
     memo.settings = options.settings
+    memo.metrics_server = serve_metrics(options)
+
+
+def serve_metrics(options: Options) -> Any:
+    """The /metrics endpoint, or None when CANARIA_METRICS_PORT is 0 or the port is taken. Models are served and
+    rolled out without it, so a taken port is logged as an error, not a reason to stop (a Prometheus that
+    scrapes the operator sees the target down)."""
+    if not options.metrics_port:
+        return None
+    try:
+        return metrics.METRICS.serve(options.metrics_address, options.metrics_port)
+    except OSError as error:
+        log.error(
+            "no metrics endpoint: cannot listen on %s:%d: %s (CANARIA_METRICS_PORT: a free port, or 0 for none)",
+            options.metrics_address,
+            options.metrics_port,
+            error,
+        )
+        return None
+
+
+@kopf.on.cleanup()
+def stop_metrics(memo: kopf.Memo, **_: Any) -> None:
+    server = memo.get("metrics_server")
+    if server is not None:
+        server.shutdown()
+        server.server_close()
 
 
 @kopf.on.resume(schema.GROUP, schema.VERSION, schema.PLURAL)

@@ -18,12 +18,13 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from canaria import __version__, schema
+from canaria import __version__, metrics, schema
 from canaria.spec import Object
 
 FIELD_MANAGER = "canaria"
 USER_AGENT = f"canaria-operator/{__version__}"  # names the operator's own requests in the API server's audit log
 DISCOVERY_TTL_SECONDS = 30
+UNREACHABLE = "unreachable"  # canaria_api_request_errors_total{code} of a request that got no HTTP answer
 
 # (apiVersion, kind) -> plural, for every kind the operator reads or writes. All are namespaced.
 PLURALS = {
@@ -90,13 +91,16 @@ class Kube:
             data = response.read()
             status = response.status
         except ApiException as error:  # TLS errors surface as status 0
+            metrics.record_api_error(method, error.status or UNREACHABLE)
             raise Unavailable(f"{method} {path}: {error.reason}") from error
         except urllib3.exceptions.HTTPError as error:  # refused, reset or timed-out connections
+            metrics.record_api_error(method, UNREACHABLE)
             raise Unavailable(f"{method} {path}: {error}") from error
         if status == 404 and method in ("GET", "DELETE"):  # reading or deleting what is gone
             return None
         if 200 <= status < 300:
             return json.loads(data) if data else None
+        metrics.record_api_error(method, status)
         raise _mapped_error(method, path, status, data)
 
     # -- reads --

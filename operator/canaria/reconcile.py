@@ -9,10 +9,11 @@ from __future__ import annotations
 import datetime
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from canaria import analysis, render, rollout, schema, spec, status
+from canaria import analysis, logs, metrics, render, rollout, schema, spec, status
 from canaria.kube import Kube, NamespaceTerminating, Rejected, Unavailable
 from canaria.prometheus import Prometheus
 from canaria.render import CANARY, STABLE, Settings
@@ -305,7 +306,9 @@ def measure_canary(md: Object, state: Object, settings: Settings) -> analysis.As
         target(CANARY, state.get("canaryModel") or {"version": ""}),
         target(STABLE, state.get("stableModel") or {"version": ""}),
     )
-    return analysis.assess(measurements, checks)
+    assessment = analysis.assess(measurements, checks)
+    metrics.record_analysis(md["metadata"]["namespace"], md["metadata"]["name"], assessment)
+    return assessment
 
 
 def observe_rollout(
@@ -342,6 +345,7 @@ class Requests:
 
 _table_lock = threading.Lock()
 _requests: dict[tuple[str, str], Requests] = {}
+metrics.watch_queue(lambda: len(_requests))
 log = logging.getLogger(__name__)
 
 
@@ -373,7 +377,7 @@ def reconcile(kube: Kube, namespace: str, name: str, settings: Settings) -> Obje
             entry.retry = None
     while True:
         try:
-            result = _reconcile(kube, namespace, name, settings)
+            result = _measured_pass(kube, namespace, name, settings)
         except NamespaceTerminating:
             result = None  # the namespace controller is deleting the object and its children
         except Unavailable as error:
@@ -389,6 +393,23 @@ def reconcile(kube: Kube, namespace: str, name: str, settings: Settings) -> Obje
                 _settle(key, entry)
                 return result
             entry.pending = False
+
+
+def _measured_pass(kube: Kube, namespace: str, name: str, settings: Settings) -> Object | None:
+    """One pass, timed and counted by how it ended (canaria_reconcile_total{result})."""
+    started, result = time.monotonic(), "error"
+    try:
+        new = _reconcile(kube, namespace, name, settings)
+        result = "success"
+        return new
+    except NamespaceTerminating:
+        result = "success"  # nothing to do: the namespace goes with the object
+        raise
+    except Unavailable:
+        result = "retry"
+        raise
+    finally:
+        metrics.record_pass(result, time.monotonic() - started)
 
 
 def _settle(key: tuple[str, str], entry: Requests) -> None:
@@ -408,7 +429,7 @@ def _retry_later(key: tuple[str, str], entry: Requests, error: Unavailable, args
         entry.retry.daemon = True
         entry.retry.start()
         _settle(key, entry)
-    log.warning("%s/%s: %s; retrying in %gs", key[0], key[1], error, delay)
+    log.warning("%s; retrying in %gs", error, delay, extra=logs.about(*key))
 
 
 def apply_children(
@@ -437,6 +458,7 @@ def _reconcile(kube: Kube, namespace: str, name: str, settings: Settings) -> Obj
     live = kube.get(MD_API_VERSION, schema.KIND, namespace, name)
     if live is None or live["metadata"].get("deletionTimestamp"):
         _look_again(kube, namespace, name, settings, None)
+        metrics.forget(namespace, name)
         return None
     md = spec.defaulted(live)
     old = live.get("status") or {}
@@ -454,11 +476,13 @@ def _reconcile(kube: Kube, namespace: str, name: str, settings: Settings) -> Obj
     new = status.derive(old, facts_of(md, observation, plan, applied, rejected, settings), now)
     if new != old:
         kube.patch_status(live, new)
+        metrics.record_transitions(namespace, name, new, plan.events)  # counted once status holds them
         transition = status.transition_event(old, new)
         for event in plan.events:
             kube.event(live, event.type, event.reason, event.message, now=now)
         if transition and not plan.events:  # the rollout's own Events already say what changed
             kube.event(live, *transition, now=now)
+    metrics.record_state(namespace, name, md["spec"], new)
     _look_again(kube, namespace, name, settings, plan.requeue_after)
     return new
 
@@ -485,4 +509,4 @@ def _due(kube: Kube, namespace: str, name: str, settings: Settings) -> None:
     try:
         reconcile(kube, namespace, name, settings)
     except Exception:  # a timer thread has no caller to report to: log, the next event or resync runs again
-        log.exception("%s/%s: the scheduled pass failed", namespace, name)
+        log.exception("the scheduled pass failed", extra=logs.about(namespace, name))

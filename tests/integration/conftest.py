@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from tests.support.manifests import on_fake_node
+from tests.support.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "serving.canaria.dev_modeldeployments.yaml"
@@ -62,20 +63,34 @@ def crd_installed(cluster: Any) -> None:
 
 
 class Operator:
-    """`python -m canaria run` in a subprocess, logging to .devcluster/logs/operator-test.log."""
+    """`python -m canaria run` in a subprocess, logging to .devcluster/logs/operator-test.log, serving its
+    metrics on a free loopback port (`metrics_url`); `env` adds to (or overrides) its environment."""
 
     def __init__(
-        self, kubeconfig: Path | None = None, log_name: str = "operator-test.log", namespaces: str = "t-*"
+        self,
+        kubeconfig: Path | None = None,
+        log_name: str = "operator-test.log",
+        namespaces: str = "t-*",
+        env: dict[str, str] | None = None,
     ) -> None:
         self.process: subprocess.Popen[bytes] | None = None
         self.kubeconfig = kubeconfig  # default: $KUBECONFIG (the session cluster)
         self.log_path = LOGS / log_name
         self.namespaces = namespaces
+        self.env = env or {}
+        self.metrics_port = free_port()
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("wb")
-        env = {**os.environ, "CANARIA_PACKAGER_IMAGE": "canaria-packager:test"}
+        env = {
+            **os.environ,
+            "CANARIA_PACKAGER_IMAGE": "canaria-packager:test",
+            "CANARIA_METRICS_ADDRESS": "127.0.0.1",
+            "CANARIA_METRICS_PORT": str(self.metrics_port),
+            **self.env,
+        }
         if self.kubeconfig:
             env["KUBECONFIG"] = str(self.kubeconfig)
         # Only this suite's namespaces: another operator (the demo's, a benchmark's) may share the cluster.

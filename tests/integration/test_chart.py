@@ -283,6 +283,9 @@ def chart_operator(release: Release, directory: Path) -> Iterator[OperatorRun]:
         **os.environ,
         **container_env(release.deployment()),
         "KUBECONFIG": str(service_account_kubeconfig(release, directory)),
+        # The pod's metrics port, on loopback here: a free one (another operator may use 8081 on this machine).
+        "CANARIA_METRICS_ADDRESS": "127.0.0.1",
+        "CANARIA_METRICS_PORT": str(free_port()),
     }
     log_path = directory / "operator.log"
     with open(log_path, "wb") as log:
