@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 import canaria.handlers  # also registers the operator's Kopf handlers, which the RBAC checks read
-from canaria import render
+from canaria import leader, render
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "canaria"
@@ -133,17 +133,22 @@ def test_helm_lint_strict_passes(tmp_path: Path, values: dict[str, Any]) -> None
     assert result.returncode == 0, f"helm lint failed:\n{result.stdout}\n{result.stderr}"
 
 
+LEADER_ELECTION = f"{FULLNAME}-leader-election"  # the Role (and RoleBinding) for the Lease
+
+
 def test_default_release_objects(default: list[Object]) -> None:
     assert sorted(o["kind"] for o in default) == [
-        "ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount",
+        "ClusterRole", "ClusterRoleBinding", "Deployment", "PodDisruptionBudget", "Role", "RoleBinding", "Service",
+        "ServiceAccount",
     ]  # fmt: skip
+    suffixes = {"Service": "-metrics", "Role": "-leader-election", "RoleBinding": "-leader-election"}
     for obj in default:
         meta = obj["metadata"]
-        assert meta["name"] == (f"{FULLNAME}-metrics" if obj["kind"] == "Service" else FULLNAME)
+        assert meta["name"] == FULLNAME + suffixes.get(obj["kind"], "")
         assert meta["labels"]["helm.sh/chart"] == "canaria-0.1.0"
         assert meta["labels"]["app.kubernetes.io/instance"] == RELEASE
         assert meta["labels"]["app.kubernetes.io/managed-by"] == "Helm"
-        if obj["kind"] in ("Deployment", "ServiceAccount", "Service"):
+        if not obj["kind"].startswith("Cluster"):
             assert meta["namespace"] == NAMESPACE
 
 
@@ -151,7 +156,7 @@ def test_fullname_prefixes_release_names_without_the_chart_name(tmp_path: Path) 
     result = helm("template", "ml", str(CHART), "--kube-version", KUBE_VERSION)
     assert result.returncode == 0, result.stderr
     names = {doc["metadata"]["name"] for doc in yaml.safe_load_all(result.stdout) if doc}
-    assert names == {"ml-canaria", "ml-canaria-metrics"}
+    assert names == {"ml-canaria", "ml-canaria-metrics", "ml-canaria-leader-election"}
 
 
 def test_the_kubernetes_version_floor_is_enforced(tmp_path: Path) -> None:
@@ -163,14 +168,28 @@ def test_the_kubernetes_version_floor_is_enforced(tmp_path: Path) -> None:
 # -- the operator Deployment --------------------------------------------------------------------------------
 
 
-def test_operator_runs_once_and_is_replaced_not_rolled(default: list[Object]) -> None:
-    """Kopf runs in standalone mode: two operator pods must never overlap."""
+def test_two_replicas_roll_with_one_always_running(default: list[Object], tmp_path: Path) -> None:
+    """Leader election lets pods overlap: an upgrade starts a new pod before it stops an old one."""
     spec = one(default, "Deployment")["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     pod_labels = spec["template"]["metadata"]["labels"]
     assert spec["selector"]["matchLabels"].items() <= pod_labels.items()
     assert "app.kubernetes.io/version" not in spec["selector"]["matchLabels"]  # selectors are immutable
+    assert one(template(tmp_path, {"replicas": 3}), "Deployment")["spec"]["replicas"] == 3
+
+
+def test_a_disruption_budget_keeps_one_replica_through_a_drain(default: list[Object], tmp_path: Path) -> None:
+    budget = one(default, "PodDisruptionBudget")
+    assert budget["metadata"]["namespace"] == NAMESPACE
+    assert budget["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": one(default, "Deployment")["spec"]["selector"]["matchLabels"]},
+    }
+    single = template(tmp_path, {"replicas": 1})
+    assert not [o for o in single if o["kind"] == "PodDisruptionBudget"], "one replica: a budget would block drains"
+    disabled = template(tmp_path, {"podDisruptionBudget": {"enabled": False}})
+    assert not [o for o in disabled if o["kind"] == "PodDisruptionBudget"]
 
 
 def test_operator_pod_is_locked_down(default: list[Object]) -> None:
@@ -235,17 +254,50 @@ def test_operator_environment(default: list[Object], tmp_path: Path) -> None:
     assert custom["HTTPS_PROXY"] == "http://proxy:3128"
 
 
+def pod_env(objects: list[Object], pod: str = "canaria-7d9f-x2x4q") -> dict[str, str]:
+    """The operator's environment as the kubelet gives it to a pod of the release (downward API resolved)."""
+    fields = {"metadata.name": pod, "metadata.namespace": NAMESPACE}
+    return {
+        e["name"]: e["value"] if "value" in e else fields[e["valueFrom"]["fieldRef"]["fieldPath"]]
+        for e in operator_container(objects)["env"]
+    }
+
+
+def test_leader_election_is_on_with_the_lease_the_role_grants(default: list[Object]) -> None:
+    env = operator_container(default)["env"]
+    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in env
+    assert {"name": "CANARIA_LEASE_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in env
+    settings = leader.settings_from(pod_env(default, pod="canaria-7d9f-x2x4q"))
+    assert settings == leader.ElectionSettings(
+        enabled=True, identity="canaria-7d9f-x2x4q", lease_name=FULLNAME, lease_namespace=NAMESPACE
+    )
+    role = one(default, "Role", NAMESPACE)
+    assert all(rule.get("resourceNames", [settings.lease_name]) == [settings.lease_name] for rule in role["rules"])
+
+
+ALTERNATIVES = {"true": "false", "false": "true", "text": "json", "json": "text"}  # values from a closed set
+
+
 def changed(value: str) -> str:
+    if value in ALTERNATIVES:
+        return ALTERNATIVES[value]
     return str(int(value) + 1) if value.isdigit() else f"{value}-changed"
 
 
 def test_the_operator_reads_every_variable_the_chart_sets(default: list[Object]) -> None:
-    """A chart value that the operator ignores is a lie in values.yaml: changing any CANARIA_* variable the
-    chart sets changes the options the operator starts with."""
-    env = {name: value for name, value in env_of(default).items() if name.startswith("CANARIA_")}
-    assert set(env) >= {"CANARIA_PACKAGER_IMAGE", "CANARIA_CLUSTER_DOMAIN", "CANARIA_WORKERS", "CANARIA_LOG_LEVEL"}
+    """A chart value that the operator ignores is a lie in values.yaml: changing any variable the chart sets changes
+    the options (or the leader election settings) the operator starts with."""
+    env = pod_env(default)
+    assert set(env) >= {
+        "CANARIA_PACKAGER_IMAGE", "CANARIA_CLUSTER_DOMAIN", "CANARIA_WORKERS", "CANARIA_LOG_LEVEL",
+        "CANARIA_LEADER_ELECTION", "CANARIA_LEASE_NAME", "CANARIA_LEASE_NAMESPACE", "POD_NAME",
+    }  # fmt: skip
+
+    def started_with(environ: dict[str, str]) -> tuple[Any, ...]:
+        return canaria.handlers.options_from(environ), leader.settings_from(environ)
+
     for name, value in env.items():
-        assert canaria.handlers.options_from({**env, name: changed(value)}) != canaria.handlers.options_from(env), (
+        assert started_with({**env, name: changed(value)}) != started_with(env), (
             f"the chart sets {name}, but the operator ignores it"
         )
 
@@ -342,7 +394,8 @@ def assert_least_privilege(rules: list[Rule]) -> None:
         ("gateway.networking.k8s.io", "httproutes"),
     }
     assert {(g, r) for g, r, v in granted if v == "delete"} <= deletable
-    assert {(g, r) for g, r, v in granted if v == "update"} <= {("serving.canaria.dev", "modeldeployments/finalizers")}
+    updatable = {("serving.canaria.dev", "modeldeployments/finalizers"), ("coordination.k8s.io", "leases")}
+    assert {(g, r) for g, r, v in granted if v == "update"} <= updatable
 
 
 def kopf_watched_resources() -> set[tuple[str, str]]:
@@ -381,12 +434,38 @@ def documented_grants() -> set[Grant]:
     return documented
 
 
+LEASE_GRANTS = {("coordination.k8s.io", "leases", verb) for verb in ("get", "create", "update")}
+
+
+def leader_election_role(objects: list[Object]) -> Object:
+    (role,) = [o for o in objects if o["kind"] == "Role" and o["metadata"]["name"] == LEADER_ELECTION]
+    return role
+
+
+def test_leader_election_may_use_its_own_lease_in_the_release_namespace_only(
+    default: list[Object], namespaced: list[Object]
+) -> None:
+    for objects in (default, namespaced):
+        role = leader_election_role(objects)
+        assert role["metadata"]["namespace"] == NAMESPACE
+        assert_least_privilege(role["rules"])
+        assert expand(role["rules"]) == LEASE_GRANTS
+        for rule in role["rules"]:  # create cannot be limited by name (the object does not exist yet)
+            assert rule.get("resourceNames") == (None if rule["verbs"] == ["create"] else [FULLNAME]), rule
+        binding = next(o for o in objects if o["kind"] == "RoleBinding" and o["metadata"]["name"] == LEADER_ELECTION)
+        assert binding["metadata"]["namespace"] == NAMESPACE
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": LEADER_ELECTION}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
+        assert not {g for g in expand(rules_of(objects, "ClusterRole")) if g[1] == "leases"}
+
+
 def test_cluster_wide_rbac(default: list[Object]) -> None:
     rules = rules_of(default, "ClusterRole")
     assert_least_privilege(rules)
     assert_kopf_can_watch(rules, rules)
-    assert not rules_of(default, "Role")
-    assert expand(rules) == documented_grants() - {("", "namespaces", "list"), ("", "namespaces", "watch")}, (
+    assert [o["metadata"]["name"] for o in default if o["kind"] == "Role"] == [LEADER_ELECTION]
+    namespaces_read = {("", "namespaces", "list"), ("", "namespaces", "watch")}
+    assert expand(rules) | LEASE_GRANTS == documented_grants() - namespaces_read, (
         "the README's Permissions table and the ClusterRole differ (namespaces are read only in namespaced mode)"
     )
     binding = one(default, "ClusterRoleBinding")
@@ -403,13 +482,13 @@ def test_watch_namespaces_get_a_role_each_and_nothing_namespaced_cluster_wide(
     assert all(is_cluster_scoped(grant) for grant in cluster_grants), "namespaced objects are readable cluster-wide"
     cluster_wide_mode = expand(rules_of(default, "ClusterRole"))
     for namespace in WATCHED:
-        role = one(namespaced, "Role", namespace)
+        role = one(namespaced, "Role", namespace)  # the leader election's is in the release namespace
         assert_least_privilege(role["rules"])
         assert_kopf_can_watch(role["rules"], cluster_rules)
         role_grants = expand(role["rules"])
         assert not any(is_cluster_scoped(grant) for grant in role_grants)
         assert role_grants == {g for g in cluster_wide_mode if not is_cluster_scoped(g)}, "same grants in both modes"
-        assert role_grants | cluster_grants == documented_grants()
+        assert role_grants | cluster_grants | LEASE_GRANTS == documented_grants()
         binding = one(namespaced, "RoleBinding", namespace)
         assert binding["roleRef"] == {
             "apiGroup": "rbac.authorization.k8s.io",
@@ -417,15 +496,20 @@ def test_watch_namespaces_get_a_role_each_and_nothing_namespaced_cluster_wide(
             "name": role["metadata"]["name"],
         }
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
-    assert {o["metadata"].get("namespace") for o in namespaced if o["kind"] in ("Role", "RoleBinding")} == set(WATCHED)
+    watched_roles = [
+        o for o in namespaced if o["kind"] in ("Role", "RoleBinding") and o["metadata"]["name"] == FULLNAME
+    ]
+    assert {o["metadata"]["namespace"] for o in watched_roles} == set(WATCHED)
 
 
 def test_rbac_and_service_account_can_be_brought_by_the_user(tmp_path: Path) -> None:
     objects = template(tmp_path, {"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "ops"}})
-    assert sorted(o["kind"] for o in objects) == ["Deployment", "Service"]  # the operator and its metrics Service
+    # the operator, its metrics Service and its disruption budget
+    assert sorted(o["kind"] for o in objects) == ["Deployment", "PodDisruptionBudget", "Service"]
     assert one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "ops"
     objects = template(tmp_path, {"serviceAccount": {"create": False, "name": "ops"}})
     assert one(objects, "ClusterRoleBinding")["subjects"][0]["name"] == "ops"
+    assert one(objects, "RoleBinding")["subjects"][0]["name"] == "ops"
     error = template_error(tmp_path, {"serviceAccount": {"create": False}})
     assert "serviceAccount.name is required when serviceAccount.create is false" in error
 
@@ -453,6 +537,8 @@ def test_schema_rejects_an_unknown_top_level_key(tmp_path: Path) -> None:
         ({"watchNamespaces": ["a", "a"]}, "watchNamespaces"),
         ({"logLevel": "LOUD"}, "logLevel"),
         ({"workers": 0}, "workers"),
+        ({"replicas": -1}, "replicas"),
+        ({"podDisruptionBudget": {"enabled": True, "minAvailable": 1}}, "minAvailable"),
         ({"image": {"repository": "r", "digest": "latest"}}, "digest"),
         ({"image": {"repository": "r", "pullPolicy": "Sometimes"}}, "pullPolicy"),
     ],
