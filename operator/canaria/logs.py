@@ -52,6 +52,7 @@ def configure(level: str, format_: str) -> None:
     """Kopf's logging set-up (a handler on the root logger, its level), with the object's `[namespace/name]`
     before each line about an object, or JSON lines."""
     kopf.configure(debug=level == "DEBUG", quiet=level in ("WARNING", "ERROR"), log_prefix=format_ == "text")
+    logging.captureWarnings(True)  # Python's warnings too, as log lines (in JSON: not a raw line between objects)
     if format_ == "json":
         for handler in logging.getLogger().handlers:
             handler.setFormatter(JsonFormatter())

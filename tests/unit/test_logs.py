@@ -27,6 +27,7 @@ def captured(format_: str, write) -> list[str]:
     finally:
         root.handlers[:], level = saved
         root.setLevel(level)
+        logging.captureWarnings(False)
 
 
 def body(namespace: str, name: str) -> kopf.Body:
