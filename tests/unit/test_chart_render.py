@@ -235,6 +235,7 @@ def test_operator_environment(default: list[Object], tmp_path: Path) -> None:
     assert env["CANARIA_CLUSTER_DOMAIN"] == render.Settings.cluster_domain
     assert env["CANARIA_WORKERS"] == "20"
     assert env["CANARIA_LOG_LEVEL"] == "INFO"
+    assert env["CANARIA_LOG_FORMAT"] == "text"
     custom = env_of(
         template(
             tmp_path,
@@ -243,6 +244,7 @@ def test_operator_environment(default: list[Object], tmp_path: Path) -> None:
                 "clusterDomain": "corp.example",
                 "workers": 4,
                 "logLevel": "DEBUG",
+                "logFormat": "json",
                 "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
             },
         )
@@ -251,6 +253,7 @@ def test_operator_environment(default: list[Object], tmp_path: Path) -> None:
     assert custom["CANARIA_CLUSTER_DOMAIN"] == "corp.example"
     assert custom["CANARIA_WORKERS"] == "4"
     assert custom["CANARIA_LOG_LEVEL"] == "DEBUG"
+    assert custom["CANARIA_LOG_FORMAT"] == "json"
     assert custom["HTTPS_PROXY"] == "http://proxy:3128"
 
 
@@ -536,6 +539,7 @@ def test_schema_rejects_an_unknown_top_level_key(tmp_path: Path) -> None:
         ({"watchNamespaces": ["team-*"]}, "watchNamespaces"),  # a pattern cannot get a Role
         ({"watchNamespaces": ["a", "a"]}, "watchNamespaces"),
         ({"logLevel": "LOUD"}, "logLevel"),
+        ({"logFormat": "yaml"}, "logFormat"),
         ({"workers": 0}, "workers"),
         ({"replicas": -1}, "replicas"),
         ({"podDisruptionBudget": {"enabled": True, "minAvailable": 1}}, "minAvailable"),
