@@ -1,0 +1,274 @@
+"""The chart against the devcluster's real API server and Prometheus:
+
+- every object the chart renders, with the default values and with every feature on, passes the API server's
+  server-side dry run (`kubectl apply --dry-run=server --validate=strict`: the real OpenAPI schemas, the CRDs'
+  included, unknown fields rejected);
+- the chart's PrometheusRule, applied to the cluster, is turned into rule files by the real Prometheus Operator
+  and loaded by the real Prometheus, which evaluates every alert without an error;
+- every query of the Grafana dashboard (and of its variables) runs against that Prometheus' HTTP API;
+- CRD upgrades: Helm never upgrades crds/, the documented `kubectl apply --server-side` step before
+  `helm upgrade` does, and existing objects survive it.
+
+Prometheus is reached on the host's loopback forward (tests/support/prometheus.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from devcluster import Cluster, monitoring
+from tests.integration.conftest import get_json, kubectl, wait_for
+from tests.integration.test_chart import CHART, ON_FAKE_NODE, Release, exists, helm, new_release
+from tests.support.chart_monitoring import (
+    alert_expressions,
+    dashboard,
+    fill,
+    panel_queries,
+    rule_groups,
+    variable_selectors,
+)
+from tests.support.prometheus import Prometheus
+
+pytestmark = pytest.mark.cluster
+
+RELABEL = [{"action": "replace", "targetLabel": "cluster", "replacement": "dev"}]
+DROP_GO = [{"action": "drop", "sourceLabels": ["__name__"], "regex": "go_.*"}]
+EVERYTHING_ON = [
+    "--set", "metrics.serviceMonitor.enabled=true",
+    "--set", "metrics.serviceMonitor.scrapeTimeout=10s",
+    "--set-json", f"metrics.serviceMonitor.relabelings={json.dumps(RELABEL)}",
+    "--set-json", f"metrics.serviceMonitor.metricRelabelings={json.dumps(DROP_GO)}",
+    "--set", "metrics.serviceMonitor.labels.release=kps",
+    "--set", "metrics.prometheusRule.enabled=true",
+    "--set", "metrics.prometheusRule.labels.release=kps",
+    "--set", "metrics.prometheusRule.alertLabels.team=ml",
+    "--set", "metrics.dashboard.enabled=true",
+    "--set", "metrics.dashboard.annotations.grafana_folder=Canaria",
+    "--set-string", "metrics.service.annotations.example\\.com/scrape=true",
+    "--set", "serviceAccount.annotations.example\\.com/role=canaria",
+    "--set", "podAnnotations.example\\.com/a=b",
+    "--set", "podLabels.team=ml",
+    "--set", "priorityClassName=system-cluster-critical",
+    "--set", "imagePullSecrets[0].name=regcred",
+    "--set", "extraEnv[0].name=HTTPS_PROXY", "--set", "extraEnv[0].value=http://proxy:3128",
+    "--set", "prometheus.url=http://prometheus-operated.monitoring:9090",
+    *ON_FAKE_NODE,
+]  # fmt: skip
+
+
+@pytest.fixture
+def release(cluster: Cluster) -> Iterator[Release]:
+    with new_release() as made:
+        kubectl("create", "namespace", made.namespace)
+        yield made
+
+
+@pytest.fixture(scope="module")
+def prometheus(cluster: Cluster) -> Prometheus:
+    ports: dict[str, int] = json.loads(cluster.layout.cluster_file.read_text())["ports"]
+    assert monitoring.prometheus_ready(ports), "the devcluster runs no Prometheus"
+    return Prometheus(monitoring.url(ports))
+
+
+def cluster_version() -> str:
+    version: str = json.loads(kubectl("version", "-o", "json").stdout)["serverVersion"]["gitVersion"]
+    return version
+
+
+def rendered(release: Release, *values: str, chart: Path = CHART) -> list[dict[str, Any]]:
+    """`helm template` of the chart for release (its CRD included), for the cluster's Kubernetes version."""
+    out = helm("template", release.name, str(chart), "--namespace", release.namespace, "--include-crds",
+               "--kube-version", cluster_version(), *values).stdout  # fmt: skip
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def dry_run(objects: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
+    return kubectl(
+        "apply", "--dry-run=server", "--validate=strict", "--server-side", "--field-manager=chart-test",
+        "--force-conflicts", "-f", "-", input=yaml.safe_dump_all(objects), check=False,
+    )  # fmt: skip
+
+
+# -- every object, validated by the API server ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[], EVERYTHING_ON, [*EVERYTHING_ON, "--set", "rbac.create=true", "--set", "livenessProbe.enabled=false"]],
+    ids=["defaults", "everything-on", "everything-on-namespaced"],
+)
+def test_the_api_server_accepts_every_rendered_object(release: Release, values: list[str], request: Any) -> None:
+    if request.node.callspec.id == "everything-on-namespaced":
+        watched = release.create_namespace(f"canaria-watched-{release.suffix}")
+        values = [*values, "--set", f"watchNamespaces={{{watched}}}"]
+    objects = rendered(release, *values)
+    kinds = sorted({o["kind"] for o in objects})
+    if values:
+        assert {"ServiceMonitor", "PrometheusRule", "ConfigMap", "Service", "CustomResourceDefinition"} <= set(kinds)
+    result = dry_run(objects)
+    assert result.returncode == 0, f"the API server rejected the chart's objects:\n{result.stderr}"
+    for obj in objects:
+        assert f"{obj['kind'].lower()}" in result.stdout.lower(), f"{obj['kind']} {obj['metadata']['name']} not applied"
+    assert result.stdout.count("(server dry run)") == len(objects), result.stdout
+
+
+def test_the_dry_run_rejects_what_the_schemas_reject(release: Release) -> None:
+    """The check can fail: a field the ServiceMonitor CRD does not have, and a bad port in a core object."""
+    objects = rendered(release, "--set", "metrics.serviceMonitor.enabled=true")
+    monitor = next(o for o in objects if o["kind"] == "ServiceMonitor")
+    monitor["spec"]["endpoints"][0]["honorLabel"] = True
+    result = dry_run([monitor])
+    assert result.returncode != 0 and "honorLabel" in result.stderr, result.stderr
+    service = next(o for o in objects if o["kind"] == "Service")
+    service["spec"]["ports"][0]["port"] = 70000
+    result = dry_run([service])
+    assert result.returncode != 0 and "port" in result.stderr, result.stderr
+
+
+# -- the rules in the real Prometheus --------------------------------------------------------------------------
+
+
+def test_the_prometheus_operator_loads_the_rules_and_prometheus_evaluates_them(
+    release: Release, prometheus: Prometheus
+) -> None:
+    """The PrometheusRule, applied as the chart renders it, becomes rule files (Prometheus Operator) that the real
+    Prometheus loads and evaluates: every alert with health ok and no lastError. The devcluster's Prometheus
+    object selects every PrometheusRule (ruleSelector: {}); the chart's labels would match any selector on them."""
+    objects = rendered(release, *EVERYTHING_ON)
+    rule = next(o for o in objects if o["kind"] == "PrometheusRule")
+    applied = time.monotonic()
+    kubectl("apply", "-f", "-", input=yaml.safe_dump(rule))
+    wanted = {group["name"]: {r["alert"] for r in group["rules"]} for group in rule_groups(rule)}
+    # The Prometheus Operator names each rule file <namespace>-<name>-<uid>.yaml.
+    prefix = f"{release.namespace}-{rule['metadata']['name']}-"
+
+    def ours() -> list[dict[str, Any]]:
+        return [g for g in prometheus.rule_groups() if Path(g["file"]).name.startswith(prefix)]
+
+    def evaluated() -> list[dict[str, Any]] | None:
+        groups = ours()
+        loaded = {g["name"]: {r["name"] for r in g["rules"]} for g in groups}
+        done = all(r.get("health") != "unknown" for g in groups for r in g["rules"])
+        return groups if loaded == wanted and done else None
+
+    groups = wait_for(evaluated, timeout=120, what=f"Prometheus to load and evaluate {sorted(wanted)}")
+    print(f"\nchart rules: applied to evaluated in {time.monotonic() - applied:.1f}s")
+    for group in groups:
+        for alert in group["rules"]:
+            assert alert["type"] == "alerting"
+            assert alert["health"] == "ok" and not alert.get("lastError"), alert
+            assert alert["labels"]["team"] == "ml"
+    by_name = {r["name"]: r for g in groups for r in g["rules"]}
+    assert by_name["CanariaOperatorDown"]["duration"] == 300  # for: 5m, as the chart says
+    # No operator of this release runs: its absence is what CanariaOperatorDown sees (pending, then firing).
+    assert by_name["CanariaOperatorDown"]["state"] in ("pending", "firing")
+    assert by_name["CanariaOperatorDown"]["alerts"][0]["labels"]["namespace"] == release.namespace
+
+    kubectl("delete", "-n", release.namespace, "prometheusrule", rule["metadata"]["name"])
+    wait_for(lambda: not ours(), timeout=60, what="the rule groups to go with their PrometheusRule")
+
+
+def query_errors(prometheus: Prometheus, promql: str) -> str | None:
+    """None when Prometheus runs promql; otherwise its error (a parse error is 400 bad_data)."""
+    response = requests.get(f"{prometheus.url}/api/v1/query", params={"query": promql}, timeout=10)
+    body = response.json()
+    if response.status_code != 200 or body.get("status") != "success":
+        return f"{response.status_code} {body.get('errorType')}: {body.get('error')}"
+    return None
+
+
+def test_every_dashboard_and_alert_query_runs_in_prometheus(release: Release, prometheus: Prometheus) -> None:
+    board = dashboard()
+    variables = {"job": f"{release.name}-metrics", "namespace": release.namespace, "model": "cifar10"}
+    queries = [(title, fill(expr, variables)) for title, expr in panel_queries(board)]
+    rule = next(o for o in rendered(release, *EVERYTHING_ON) if o["kind"] == "PrometheusRule")
+    queries += list(alert_expressions(rule).items())
+    failures = [f"{title}: {expr}\n  {error}" for title, expr in queries if (error := query_errors(prometheus, expr))]
+    assert not failures, "\n".join(failures)
+    for name, selector in variable_selectors(board):  # Grafana's label_values(): the series API
+        response = requests.get(f"{prometheus.url}/api/v1/series", params={"match[]": fill(selector, variables)},
+                                timeout=10)  # fmt: skip
+        assert response.status_code == 200 and response.json()["status"] == "success", (name, response.text)
+    assert query_errors(prometheus, "sum(rate(ts_inference_requests_total[5m])") is not None, "the check can fail"
+
+
+# -- CRD upgrades ----------------------------------------------------------------------------------------------
+
+
+def isolated_chart(directory: Path, group: str) -> tuple[Path, Path]:
+    """A copy of the chart whose CRD is served under group instead of serving.canaria.dev, so this test changes a
+    CRD of its own, never the one other tests use. Returns (chart, CRD file)."""
+    chart = directory / "canaria"
+    shutil.copytree(CHART, chart)
+    (crd_file,) = (chart / "crds").glob("*.yaml")
+    crd = yaml.safe_load(crd_file.read_text())
+    crd["metadata"]["name"] = f"{crd['spec']['names']['plural']}.{group}"
+    crd["spec"]["group"] = group
+    crd_file.write_text(yaml.safe_dump(crd, sort_keys=False))
+    return chart, crd_file
+
+
+def served_spec_schema(crd_name: str) -> dict[str, Any]:
+    crd = get_json("crd", crd_name)
+    (version,) = (v for v in crd["spec"]["versions"] if v["served"])
+    schema: dict[str, Any] = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    return schema
+
+
+def test_crd_upgrade_with_the_documented_step(release: Release, tmp_path: Path) -> None:
+    group = f"upgrade-{uuid.uuid4().hex[:6]}.canaria-test.dev"
+    chart, crd_file = isolated_chart(tmp_path, group)
+    crd = yaml.safe_load(crd_file.read_text())
+    crd_name = crd["metadata"]["name"]
+    try:
+        helm("install", release.name, str(chart), "--namespace", release.namespace, *ON_FAKE_NODE)
+        kubectl("wait", "--for=condition=Established", "--timeout=30s", f"crd/{crd_name}")
+        assert "upgradeProbe" not in served_spec_schema(crd_name)["properties"]
+        existing = {
+            "apiVersion": f"{group}/{crd['spec']['versions'][0]['name']}",
+            "kind": crd["spec"]["names"]["kind"],
+            "metadata": {"name": "survivor", "namespace": release.namespace},
+            "spec": {"model": {"version": "1.0", "storageUri": "pvc://models/cifar10", "serializedFile": "m.pt",
+                               "handler": "image_classifier"}},
+        }  # fmt: skip
+        kubectl("apply", "-f", "-", input=yaml.safe_dump(existing))
+
+        # The next chart version's CRD: a new optional field and a changed description.
+        spec_schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        spec_schema["properties"]["upgradeProbe"] = {"type": "string", "description": "Added by the upgrade test."}
+        spec_schema["description"] = "Changed by the upgrade test."
+        crd_file.write_text(yaml.safe_dump(crd, sort_keys=False))
+        with_field = {**existing, "metadata": {"name": "new", "namespace": release.namespace},
+                      "spec": {**existing["spec"], "upgradeProbe": "x"}}  # fmt: skip
+
+        # helm upgrade alone leaves the CRD as it was (Helm never upgrades crds/): the new field is refused.
+        helm("upgrade", release.name, str(chart), "--namespace", release.namespace, "--reuse-values")
+        assert "upgradeProbe" not in served_spec_schema(crd_name)["properties"]
+        refused = kubectl("create", "--dry-run=server", "--validate=strict", "-f", "-",
+                          input=yaml.safe_dump(with_field), check=False)  # fmt: skip
+        assert refused.returncode != 0 and "upgradeProbe" in refused.stderr, refused.stderr
+
+        # The documented step (charts/canaria/README.md, Upgrading), then helm upgrade. Helm created the CRD
+        # (field manager "helm"), so a server-side apply that changes its fields must take them over.
+        conflict = kubectl("apply", "--server-side", "-f", str(chart / "crds"), check=False)
+        assert conflict.returncode != 0 and "conflict" in conflict.stderr.lower(), conflict.stderr
+        kubectl("apply", "--server-side", "--force-conflicts", "-f", str(chart / "crds"))
+        helm("upgrade", release.name, str(chart), "--namespace", release.namespace, "--reuse-values")
+        served = served_spec_schema(crd_name)
+        assert served["properties"]["upgradeProbe"]["type"] == "string"
+        assert served["description"] == "Changed by the upgrade test."
+        kubectl("create", "--dry-run=server", "--validate=strict", "-f", "-", input=yaml.safe_dump(with_field))
+        assert exists("-n", release.namespace, crd["spec"]["names"]["plural"] + "." + group, "survivor")
+    finally:
+        helm("uninstall", release.name, "--namespace", release.namespace, "--wait", check=False)
+        kubectl("delete", "crd", crd_name, "--ignore-not-found", "--wait=false", check=False)
