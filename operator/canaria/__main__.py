@@ -19,10 +19,11 @@ def run(namespaces: list[str], liveness: str | None) -> None:
     import kopf
 
     from canaria import leader, logs
-    from canaria.handlers import options_from  # importing the module registers the handlers
+    from canaria.handlers import options_from, serve_metrics  # importing the module registers the handlers
 
     options = options_from(os.environ)
     logs.configure(options.log_level, options.log_format)
+    serve_metrics(options)  # every replica, a standby too: a scrape target that never answers would look down
     election = leader.settings_from(os.environ)
     if election.enabled:  # of several replicas only the Lease's holder runs Kopf; the others wait here
         leader.lead(election, liveness)

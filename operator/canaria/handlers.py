@@ -72,17 +72,17 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     set_concurrency(settings, options.workers)
     memo.kube = Kube()
     memo.settings = options.settings
-    memo.metrics_server = serve_metrics(options)
+    serve_metrics(options)  # already serving when `python -m canaria run` started it before the election
 
 
-def serve_metrics(options: Options) -> Any:
-    """The /metrics endpoint, or None when CANARIA_METRICS_PORT is 0 or the port is taken. Models are served and
-    rolled out without it, so a taken port is logged as an error, not a reason to stop (a Prometheus that
-    scrapes the operator sees the target down)."""
+def serve_metrics(options: Options) -> None:
+    """Serve /metrics (once per process), unless CANARIA_METRICS_PORT is 0. Models are served and rolled out
+    without it, so a taken port is logged as an error, not a reason to stop (a Prometheus that scrapes the
+    operator sees the target down)."""
     if not options.metrics_port:
-        return None
+        return
     try:
-        return metrics.METRICS.serve(options.metrics_address, options.metrics_port)
+        metrics.METRICS.serve(options.metrics_address, options.metrics_port)
     except OSError as error:
         log.error(
             "no metrics endpoint: cannot listen on %s:%d: %s (CANARIA_METRICS_PORT: a free port, or 0 for none)",
@@ -90,15 +90,11 @@ def serve_metrics(options: Options) -> Any:
             options.metrics_port,
             error,
         )
-        return None
 
 
 @kopf.on.cleanup()
-def stop_metrics(memo: kopf.Memo, **_: Any) -> None:
-    server = memo.get("metrics_server")
-    if server is not None:
-        server.shutdown()
-        server.server_close()
+def stop_metrics(**_: Any) -> None:
+    metrics.METRICS.stop()
 
 
 @kopf.on.resume(schema.GROUP, schema.VERSION, schema.PLURAL)

@@ -278,6 +278,8 @@ class OperatorMetrics:
             registry=self.registry,
         )
         self.objects = ModelDeploymentSeries()
+        self._serving = threading.Lock()
+        self._server: WSGIServer | None = None
         self.registry.register(self.objects)
 
     # -- operator-wide --
@@ -335,9 +337,18 @@ class OperatorMetrics:
         return self.registry.get_sample_value(name, dict(labels or {}))
 
     def serve(self, address: str, port: int) -> WSGIServer:
-        """Serve /metrics from a daemon thread; stop it with `shutdown()` and `server_close()`."""
-        server, _thread = start_http_server(port, addr=address, registry=self.registry)
-        return server
+        """Serve /metrics from a daemon thread, once: a second call returns the server already running."""
+        with self._serving:
+            if self._server is None:
+                self._server, _thread = start_http_server(port, addr=address, registry=self.registry)
+            return self._server
+
+    def stop(self) -> None:
+        with self._serving:
+            if self._server is not None:
+                self._server.shutdown()
+                self._server.server_close()
+                self._server = None
 
 
 METRICS = OperatorMetrics()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import platform
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -139,3 +140,42 @@ def test_json_logs_parse_and_name_the_object(json_operator, namespace):
     about = [entry for entry in entries if (entry.get("namespace"), entry.get("name")) == (namespace, NAME)]
     assert about, "no log line names the ModelDeployment"
     assert any(entry["logger"].startswith("kopf") for entry in about)
+
+
+def test_a_standby_replica_serves_metrics_and_only_the_leader_counts(crd_installed):
+    """Two replicas with leader election (as the chart runs them): both answer a scrape, so neither looks down,
+    and only the one that leads has series about the ModelDeployment."""
+    namespace = f"h-{uuid.uuid4().hex[:8]}"
+    kubectl("create", "namespace", namespace)
+    election = {
+        "CANARIA_LEADER_ELECTION": "true",
+        "CANARIA_LEASE_NAMESPACE": namespace,
+        "CANARIA_LEASE_NAME": "canaria",
+    }
+    replicas = [
+        Operator(log_name=f"operator-metrics-{index}.log", namespaces="h-*", env={**election, "POD_NAME": f"r{index}"})
+        for index in range(2)
+    ]
+    try:
+        for replica in replicas:
+            replica.start()
+        for replica in replicas:
+            wait_for(lambda r=replica: scrape(r), timeout=60, what=f"{replica.log_path.name}: /metrics")
+        apply(namespace, example_model_deployment())
+        kubectl("wait", "-n", namespace, "--for=condition=Ready", "--timeout=90s", f"md/{NAME}")
+        ref = {"namespace": namespace, "name": NAME}
+
+        def ready_gauges() -> list[float | None]:
+            return [sample(scrape(replica), "canaria_model_deployment_ready", **ref) for replica in replicas]
+
+        gauges = wait_for(lambda: sorted(ready_gauges(), key=str) == [1.0, None] and ready_gauges(), what="one leader")
+        leader, standby = (replicas[0], replicas[1]) if gauges[0] == 1 else (replicas[1], replicas[0])
+        assert sample(scrape(standby), "canaria_reconcile_total", result="success") == 0
+        assert sample(scrape(standby), "canaria_build_info", python=platform.python_version(), version=__version__) == 1
+        assert (sample(scrape(leader), "canaria_reconcile_total", result="success") or 0) > 0
+    finally:
+        for replica in replicas:
+            replica.stop()
+        kubectl("delete", "namespace", namespace, "--wait=false")
+    for replica in replicas:
+        assert "Traceback" not in replica.log(), f"a traceback in {replica.log_path}"

@@ -292,11 +292,11 @@ def test_build_info_and_the_endpoint_serve_this_registry():
     port = free_port()
     server = recorder.serve("127.0.0.1", port)
     try:
+        assert recorder.serve("127.0.0.1", port) is server  # started before the election, and again by Kopf
         recorder.record_pass("success", 0.2)
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     finally:
-        server.shutdown()
-        server.server_close()
+        recorder.stop()
     assert 'canaria_build_info{python="' in text and 'version="0.1.0"' in text
     assert 'canaria_reconcile_total{result="success"} 1.0' in text
     assert 'canaria_reconcile_duration_seconds_bucket{le="0.25"} 1.0' in text
