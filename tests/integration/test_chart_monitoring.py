@@ -272,3 +272,140 @@ def test_crd_upgrade_with_the_documented_step(release: Release, tmp_path: Path) 
     finally:
         helm("uninstall", release.name, "--namespace", release.namespace, "--wait", check=False)
         kubectl("delete", "crd", crd_name, "--ignore-not-found", "--wait=false", check=False)
+
+
+# -- the operator's metrics, scraped through the chart's Service and ServiceMonitor ------------------------------
+
+# A pod that stands in for the operator (the chart's own pods would land on kwok's node, where nothing runs): the
+# operator's real metrics code (canaria.metrics), with one ModelDeployment's pass recorded, served on the metrics
+# port as the operator serves it. Format fields: namespace of the ModelDeployment, port.
+OPERATOR_METRICS = """
+import time
+from canaria import metrics
+
+class Event:
+    reason = "RolledBack"
+    message = "Version 2.0 rolled back (AnalysisFailed): ErrorRate 12.5 above 1"
+
+operator = metrics.OperatorMetrics()
+operator.record_pass("success", 0.04)
+operator.record_pass("retry", 0.3)
+ended = {{"rollout": {{"phase": "RolledBack", "reason": "AnalysisFailed"}}}}
+operator.record_transitions("{namespace}", "cifar10", ended, [Event()])
+operator.record_state(
+    "{namespace}", "cifar10", {{"rollout": {{"progressDeadline": "1m"}}}},
+    {{"phase": "Waiting", "canaryWeight": 25, "conditions": [{{"type": "Ready", "status": "False"}}],
+     "rollout": {{"phase": "Waiting", "progressAt": "2026-01-01T00:00:00+00:00",
+                 "checks": [{{"name": "errors", "value": 12.5, "stableValue": 0.2}}]}}}},
+)
+operator.serve("0.0.0.0", {port})
+while True:
+    time.sleep(3600)
+"""
+
+
+def operator_stand_in(release: Release, models_namespace: str, port: int) -> dict[str, Any]:
+    labels = {"app.kubernetes.io/name": "canaria", "app.kubernetes.io/instance": release.name,
+              "app.kubernetes.io/component": "operator"}  # fmt: skip  # the chart's selector labels
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "operator-stand-in", "namespace": release.namespace, "labels": labels},
+        "spec": {
+            "containers": [
+                {
+                    "name": "operator",
+                    "image": "python:3.11-slim",
+                    "command": ["python3", "-c", OPERATOR_METRICS.format(namespace=models_namespace, port=port)],
+                    "ports": [{"name": "metrics", "containerPort": port}],
+                }
+            ]
+        },
+    }
+
+
+def rule_states(prometheus: Prometheus, release: Release) -> dict[str, dict[str, Any]]:
+    prefix = f"{release.namespace}-{release.name}-"
+    return {
+        rule["name"]: rule
+        for group in prometheus.rule_groups()
+        if Path(group["file"]).name.startswith(prefix)
+        for rule in group["rules"]
+    }
+
+
+def test_prometheus_scrapes_the_operator_through_the_chart_and_the_alerts_see_it(
+    release: Release, prometheus: Prometheus
+) -> None:
+    """The chart's metrics Service and ServiceMonitor make the operator's endpoint a target whose `job` is the one
+    the alerts and the dashboard select, and honorLabels keeps each ModelDeployment's own namespace; the chart's
+    alerts then see what the operator's metrics say."""
+    models = f"models-{release.suffix}"  # only a label value here
+    port = 8081
+    helm(
+        "install", release.name, str(CHART), "--namespace", release.namespace, "--set", "replicas=0",
+        "--set", f"metrics.port={port}", "--set", "metrics.serviceMonitor.enabled=true",
+        "--set", "metrics.serviceMonitor.interval=2s", "--set", "metrics.prometheusRule.enabled=true",
+    )  # fmt: skip
+    kubectl("apply", "-f", "-", input=yaml.safe_dump(operator_stand_in(release, models, port)))
+    job = f"{release.name}-metrics"
+    pool = f"serviceMonitor/{release.namespace}/{release.name}/0"
+
+    def target() -> dict[str, Any] | None:
+        return next((t for t in prometheus.targets() if t["scrapePool"] == pool and t["health"] == "up"), None)
+
+    up = wait_for(target, timeout=120, what=f"a healthy target in {pool}")
+    assert up["labels"]["job"] == job, "the rules select the operator by this job"
+    assert up["labels"]["namespace"] == release.namespace
+
+    # honorLabels: the per-ModelDeployment series keep the model's namespace; the others get the target's.
+    ready = wait_for(lambda: prometheus.query(f'canaria_model_deployment_ready{{job="{job}"}}'), timeout=30)
+    assert [(s["metric"]["namespace"], s["metric"]["name"], s["value"][1]) for s in ready] == [(models, "cifar10", "0")]
+    assert "exported_namespace" not in ready[0]["metric"]
+    (build,) = prometheus.query(f'canaria_build_info{{job="{job}"}}')
+    assert build["metric"]["namespace"] == release.namespace
+
+    # The chart's alerts on these series: the rollback fires at once (the counter's first increment), the model
+    # that is not Ready and the rollout past its deadline are pending (their `for`), the operator is up.
+    wanted = {
+        "CanariaRolloutRolledBack": "firing",
+        "CanariaModelNotReady": "pending",
+        "CanariaRolloutStuck": "pending",
+        "CanariaOperatorDown": "inactive",
+        "CanariaReconcileErrors": "inactive",
+        "CanariaModelHighErrorRate": "inactive",
+    }
+
+    def states() -> dict[str, dict[str, Any]] | None:
+        rules = rule_states(prometheus, release)
+        return rules if {name: rules.get(name, {}).get("state") for name in wanted} == wanted else None
+
+    rules = wait_for(states, timeout=120, what=f"the chart's alerts in states {wanted}")
+    rolled_back = rules["CanariaRolloutRolledBack"]["alerts"][0]["labels"]
+    assert (rolled_back["namespace"], rolled_back["name"], rolled_back["reason"]) == (
+        models,
+        "cifar10",
+        "AnalysisFailed",
+    )
+    for name in ("CanariaModelNotReady", "CanariaRolloutStuck"):
+        labels = rules[name]["alerts"][0]["labels"]
+        assert (labels["namespace"], labels["name"]) == (models, "cifar10"), name
+
+    # The dashboard's panels about this ModelDeployment and the operator show data.
+    board = dashboard()
+    variables = {"job": job, "namespace": models, "model": "cifar10"}
+    for title in ("Ready", "Canary weight", "Analysis checks", "Reconcile passes by result", "Operators up"):
+        for expr in (expr for panel_title, expr in panel_queries(board) if panel_title == title):
+            assert prometheus.query(fill(expr, variables)), f"{title}: no data for {fill(expr, variables)}"
+    (weight,) = prometheus.query(fill('max(canaria_canary_weight{job="$job", namespace="$namespace"})', variables))
+    assert weight["value"][1] == "25"
+
+    # The operator gone: CanariaOperatorDown sees no target (pending for its 5m).
+    kubectl("delete", "pod", "-n", release.namespace, "operator-stand-in", "--wait=false")
+
+    def operator_down() -> dict[str, Any] | None:
+        down = rule_states(prometheus, release).get("CanariaOperatorDown", {})
+        return down if down.get("state") in ("pending", "firing") else None
+
+    down = wait_for(operator_down, timeout=120, what="CanariaOperatorDown to see the operator gone")
+    assert down["alerts"][0]["labels"]["namespace"] == release.namespace
