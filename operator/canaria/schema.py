@@ -473,8 +473,7 @@ def rollout_schema() -> Schema:
                 # Every {{ opens a variable that closes: as many {{ as whole {{...}} (canaria.analysis.render_query).
                 "!has(self.metrics) || self.metrics.all(m, !has(m.query) || "
                 "size(m.query.findAll('[{][{]')) == size(m.query.findAll('[{][{][^{}]*[}][}]')))",
-                "spec.rollout.analysis.metrics: a query has a {{ without its closing }}: write variables as "
-                "{{name}}",
+                "spec.rollout.analysis.metrics: a query has a {{ without its closing }}: write variables as {{name}}",
             ),
         ],
         default={},
