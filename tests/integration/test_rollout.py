@@ -266,7 +266,7 @@ def test_reverting_the_model_ends_the_rollout_at_once(operator, namespace):
 
 
 def test_a_version_whose_volume_is_missing_starts_only_once_the_claim_exists(operator, namespace):
-    start(namespace, rollout_spec("2s"))
+    start(namespace, rollout_spec("2s", "2s"))
     before = stable_template(namespace)
     patch_md(namespace, {"model": {"version": "2.0", "storageUri": "pvc://later/cifar10"}})
     md = wait_for(
@@ -355,7 +355,7 @@ def test_gateway_mode_sets_the_routes_weights_exactly_at_each_step(operator, nam
 
 def test_a_hand_edit_of_the_routes_weights_is_repaired_at_once(operator, namespace):
     traffic = {"mode": "GatewayAPI", "gateway": {"parentRefs": [{"name": "canaria", "namespace": "default"}]}}
-    apply(namespace, example_model_deployment(rollout=rollout_spec("2s"), traffic=traffic))
+    apply(namespace, example_model_deployment(rollout=rollout_spec("2s", "2s"), traffic=traffic))
     serving(namespace, "1.0")
     backends = get_json("-n", namespace, "httproute", "cifar10")["spec"]["rules"][0]["backendRefs"]
     edited = [{**backend, "weight": 50} for backend in backends]
