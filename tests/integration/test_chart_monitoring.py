@@ -26,6 +26,7 @@ import pytest
 import requests
 import yaml
 
+from canaria import render, spec
 from devcluster import Cluster, monitoring
 from tests.integration.conftest import get_json, kubectl, wait_for
 from tests.integration.test_chart import CHART, ON_FAKE_NODE, Release, exists, helm, new_release
@@ -37,6 +38,7 @@ from tests.support.chart_monitoring import (
     rule_groups,
     variable_selectors,
 )
+from tests.support.manifests import example_model_deployment
 from tests.support.prometheus import Prometheus
 
 pytestmark = pytest.mark.cluster
@@ -373,8 +375,7 @@ def test_prometheus_scrapes_the_operator_through_the_chart_and_the_alerts_see_it
         "CanariaRolloutStuck": "pending",
         "CanariaOperatorDown": "inactive",
         "CanariaReconcileErrors": "inactive",
-        "CanariaModelHighErrorRate": "inactive",
-    }
+    }  # (CanariaModelHighErrorRate reads every model's TorchServe series, other tests' too: see the next test)
 
     def states() -> dict[str, dict[str, Any]] | None:
         rules = rule_states(prometheus, release)
@@ -409,3 +410,91 @@ def test_prometheus_scrapes_the_operator_through_the_chart_and_the_alerts_see_it
 
     down = wait_for(operator_down, timeout=120, what="CanariaOperatorDown to see the operator gone")
     assert down["alerts"][0]["labels"]["namespace"] == release.namespace
+
+
+# -- TorchServe's series, through a ModelDeployment's own ServiceMonitor ------------------------------------------
+
+# Stands in for TorchServe's metrics port: its three counters, growing at 10 requests/s, 2 of them answered 5xx,
+# 20 ms each (the names and labels TorchServe's Prometheus mode exports).
+TORCHSERVE_METRICS = """
+import http.server, time
+START = time.monotonic()
+MODEL = '{model_name="cifar10",model_version="default",hostname="h"}'
+class Metrics(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        elapsed = time.monotonic() - START
+        requests = int(10 * elapsed)
+        body = (
+            "# TYPE ts_inference_requests_total counter\\n"
+            f"ts_inference_requests_total{MODEL} {requests}\\n"
+            "# TYPE ts_inference_latency_microseconds counter\\n"
+            f"ts_inference_latency_microseconds{MODEL} {requests * 20000}\\n"
+            "# TYPE Requests5XX counter\\n"
+            f'Requests5XX{{Level="Host",Hostname="h"}} {int(2 * elapsed)}\\n'
+        ).encode()
+        self.send_response(200 if self.path == "/metrics" else 404)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("0.0.0.0", 8082), Metrics).serve_forever()
+"""
+
+
+def model_with_torchserve_metrics(namespace: str) -> list[dict[str, Any]]:
+    """The example ModelDeployment's Service, ServiceMonitor and stable Deployment as Canaria renders them, its pod
+    running TORCHSERVE_METRICS in place of TorchServe (same labels, same named ports)."""
+    md = example_model_deployment(monitoring={"serviceMonitor": {"interval": "1s"}})
+    md["metadata"].update({"namespace": namespace, "uid": "not-applied"})
+    md = spec.defaulted(md)
+    deployment = render.deployment(md, "stable", md["spec"]["model"], 1, render.Settings())
+    deployment["spec"]["template"]["spec"] = {
+        "containers": [
+            {
+                "name": "torchserve",
+                "image": "python:3.11-slim",
+                "command": ["python3", "-c", TORCHSERVE_METRICS],
+                "ports": [{"name": "http", "containerPort": 8080}, {"name": "metrics", "containerPort": 8082}],
+            }
+        ]
+    }
+    objects = [render.service(md), render.service_monitor(md), deployment]
+    for body in objects:
+        del body["metadata"]["ownerReferences"]  # no ModelDeployment owns them here
+    return objects
+
+
+def test_the_model_alert_and_the_dashboard_read_torchserve_through_the_model_service_monitor(
+    release: Release, prometheus: Prometheus
+) -> None:
+    """The series of a model's pods, scraped through the ServiceMonitor Canaria renders for it, carry what the
+    chart's model alert and dashboard select on: `service` is the ModelDeployment's name, and the track label."""
+    rule = next(o for o in rendered(release, "--set", "metrics.prometheusRule.enabled=true")
+                if o["kind"] == "PrometheusRule")  # fmt: skip
+    kubectl("apply", "-f", "-", input=yaml.safe_dump(rule))
+    kubectl("apply", "-n", release.namespace, "-f", "-",
+            input=yaml.safe_dump_all(model_with_torchserve_metrics(release.namespace)))  # fmt: skip
+
+    def erring() -> dict[str, Any] | None:
+        """The alert about this test's model (the rule sees every namespace's models: other tests' too)."""
+        alerts = rule_states(prometheus, release).get("CanariaModelHighErrorRate", {}).get("alerts", [])
+        return next((a for a in alerts if a["labels"]["namespace"] == release.namespace), None)
+
+    alert = wait_for(erring, timeout=180, what="CanariaModelHighErrorRate on the model's 20 % of 5xx")
+    assert alert["state"] in ("pending", "firing")  # for: 5m
+    assert (alert["labels"]["name"], alert["labels"]["track"]) == ("cifar10", "stable")
+    assert 15 <= float(alert["value"]) <= 25
+
+    # The dashboard's panels per track; Grafana's $__rate_interval is 4 scrape intervals at least: 15s here.
+    variables = {"namespace": release.namespace, "model": "cifar10", "__rate_interval": "15s"}
+    expected = {"Requests per second by track": 10, "Error rate by track (5xx)": 20, "Mean latency by track": 20}
+    for title, value in expected.items():
+        (expr,) = (expr for panel_title, expr in panel_queries(dashboard()) if panel_title == title)
+
+        def near(expr: str = expr, value: float = value) -> list[dict[str, Any]]:
+            samples = prometheus.query(fill(expr, variables))
+            return [s for s in samples if 0.8 * value <= float(s["value"][1]) <= 1.2 * value]
+
+        (sample,) = wait_for(near, timeout=60, what=f"{title} at about {value}")
+        assert sample["metric"]["serving_canaria_dev_track"] == "stable", (title, sample)
