@@ -51,7 +51,8 @@ test-unit: venv tools ## Pure tests only (no cluster, no TorchServe)
 	$(PY) -m pytest -m "not cluster and not torchserve"
 
 chart-test: venv tools ## The Helm chart: lint, render, install on the local cluster
-	$(PY) -m pytest tests/unit/test_chart_render.py tests/integration/test_chart.py
+	$(PY) -m pytest tests/unit/test_chart_render.py tests/unit/test_chart_monitoring.py tests/unit/test_chart_alerts.py \
+		tests/integration/test_chart.py tests/integration/test_chart_monitoring.py
 
 test: deps venv tools lint ## Every test tier: unit, control plane, TorchServe data plane
 	$(PY) -m pytest
