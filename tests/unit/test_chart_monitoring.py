@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.support.chart_monitoring import (
     DASHBOARD,
@@ -292,3 +293,20 @@ def test_dashboard_reads_the_series_the_rules_read(everything: list[Object]) -> 
     for metric in ("canaria_reconcile_total", "canaria_rollouts_rolled_back_total", "canaria_model_deployment_ready",
                    "ts_inference_requests_total", "Requests5XX"):  # fmt: skip
         assert any(metric in expr for expr in expressions) and metric in dashboard_text, metric
+
+
+def test_every_alert_setting_is_documented_with_its_default() -> None:
+    """The README's Alerts table names each alert of the schema, its severity and every setting with its default
+    from values.yaml (the generic values table stops at metrics.prometheusRule.alerts)."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    alerts_schema = schema["properties"]["metrics"]["properties"]["prometheusRule"]["properties"]["alerts"]
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())["metrics"]["prometheusRule"]["alerts"]
+    assert sorted(alerts_schema["properties"]) == sorted(defaults) == sorted(ALERTS)
+    table = (CHART / "README.md").read_text().split("### Alerts", 1)[1].split("###", 1)[0]
+    rows = {line.split("|")[1].strip().strip("`"): line for line in table.splitlines() if line.startswith("| `")}
+    for name, settings in defaults.items():
+        assert name in rows, f"{name} is not in the README's Alerts table"
+        assert f"`{settings['severity']}`" in rows[name], name
+        for key, value in settings.items():
+            if key not in ("enabled", "severity"):
+                assert f"`{key}: {value}`" in rows[name], f"{name}: {key}: {value} is not documented"
