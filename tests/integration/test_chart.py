@@ -92,12 +92,12 @@ class Release:
         return result
 
     def rolled_out(self) -> dict[str, Any]:
-        """The operator Deployment once its current generation is Available with one updated, ready pod."""
+        """The operator Deployment once its current generation is Available with every pod updated and ready."""
         kubectl("rollout", "status", "-n", self.namespace, f"deployment/{self.name}", "--timeout=120s")
         deployment = self.deployment()
-        status = deployment["status"]
+        status, wanted = deployment["status"], deployment["spec"]["replicas"]
         assert status["observedGeneration"] == deployment["metadata"]["generation"]
-        assert status.get("updatedReplicas") == status.get("readyReplicas") == status.get("availableReplicas") == 1
+        assert status.get("updatedReplicas") == status.get("readyReplicas") == status.get("availableReplicas") == wanted
         assert condition_status(deployment, "Available") == "True"
         return deployment
 
@@ -123,9 +123,13 @@ def release(cluster: Any) -> Iterator[Release]:
         yield made
 
 
-def container_env(deployment: dict[str, Any]) -> dict[str, str]:
+def container_env(deployment: dict[str, Any], pod: str = "") -> dict[str, str]:
+    """The operator container's environment, with the downward API's fields as a pod named `pod` would get them."""
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    return {e["name"]: e["value"] for e in container["env"]}
+    fields = {"metadata.name": pod or f"{deployment['metadata']['name']}-test", "metadata.namespace":
+              deployment["metadata"]["namespace"]}  # fmt: skip
+    return {e["name"]: e["value"] if "value" in e else fields[e["valueFrom"]["fieldRef"]["fieldPath"]]
+            for e in container["env"]}  # fmt: skip
 
 
 def test_install_upgrade_uninstall(release: Release) -> None:
@@ -144,7 +148,11 @@ def test_install_upgrade_uninstall(release: Release) -> None:
     assert "kubectl" in installed.stdout and "get md" in installed.stdout, "NOTES.txt tells how to start"
 
     deployment = release.rolled_out()
-    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert deployment["spec"]["replicas"] == 2 and deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    budget = get_json("-n", release.namespace, "poddisruptionbudget", release.name)
+    assert budget["spec"]["maxUnavailable"] == 1
+    wait_for(lambda: get_json("-n", release.namespace, "poddisruptionbudget", release.name).get("status", {})
+             .get("currentHealthy") == 2, what="the budget counts both operator pods")  # fmt: skip
     assert get_json("-n", release.namespace, "serviceaccount", release.name)
     crd = get_json("crd", CRD_NAME)
     assert condition_status(crd, "Established") == "True"
@@ -163,8 +171,14 @@ def test_install_upgrade_uninstall(release: Release) -> None:
     assert can_i(sa, "delete", "deployments.apps", "default"), "a finished canary's Deployment is deleted"
     assert not can_i(sa, "list", "namespaces", None), "Kopf reads namespaces only when it watches some"
     assert not can_i(sa, "create", "clusterroles.rbac.authorization.k8s.io", None)
+    # Leader election: its own Lease, in the release namespace only.
+    assert can_i(sa, "create", "leases.coordination.k8s.io", release.namespace)
+    assert can_i(sa, "update", f"leases.coordination.k8s.io/{release.name}", release.namespace)
+    assert not can_i(sa, "update", "leases.coordination.k8s.io/someone-else", release.namespace)
+    assert not can_i(sa, "delete", f"leases.coordination.k8s.io/{release.name}", release.namespace)
+    assert not can_i(sa, "get", f"leases.coordination.k8s.io/{release.name}", "default")
 
-    # Upgrade: a changed value rolls the operator (Recreate) and switches RBAC to the watched namespace.
+    # Upgrade: a changed value rolls the operator (RollingUpdate) and switches RBAC to the watched namespace.
     watched = release.create_namespace(f"canaria-watched-{release.suffix}")
     other = release.create_namespace(f"canaria-other-{release.suffix}")
     helm(
@@ -200,6 +214,8 @@ def test_install_upgrade_uninstall(release: Release) -> None:
     for args in [
         ("-n", release.namespace, "deployment", release.name),
         ("-n", release.namespace, "serviceaccount", release.name),
+        ("-n", release.namespace, "poddisruptionbudget", release.name),
+        ("-n", release.namespace, "role", f"{release.name}-leader-election"),
         ("clusterrole", release.name),
         ("clusterrolebinding", release.name),
         ("-n", watched, "role", release.name),
@@ -342,13 +358,16 @@ def test_operator_runs_with_the_chart_rbac(release: Release, tmp_path: Path) -> 
         )
         with urllib.request.urlopen(run.liveness, timeout=5) as response:
             assert response.status == 200, "the liveness endpoint the chart probes answers"
+        # It reconciles as the leader: the chart's environment turns election on, with the Lease it may use.
+        lease = get_json("-n", release.namespace, "lease", release.name)
+        assert lease["spec"]["holderIdentity"] == container_env(release.deployment())["POD_NAME"]
         assert not run.permission_errors(), "\n".join(run.permission_errors())
     kubectl("delete", "md", "cifar10", "-n", models, "--ignore-not-found", "--wait=false", check=False)
 
 
 def test_install_fails_on_an_unknown_value(release: Release) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as values:
-        yaml.safe_dump({"replicas": 2}, values)
+        yaml.safe_dump({"replicaCount": 2}, values)
         values.flush()
         result = helm(
             "install",
@@ -361,5 +380,5 @@ def test_install_fails_on_an_unknown_value(release: Release) -> None:
             values.name,
             check=False,
         )
-    assert result.returncode != 0 and "replicas" in result.stderr
+    assert result.returncode != 0 and "replicaCount" in result.stderr
     assert helm("status", release.name, "--namespace", release.namespace, check=False).returncode != 0

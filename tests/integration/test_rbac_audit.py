@@ -146,6 +146,23 @@ def assert_exactly_what_is_used(used: set[Request], granted: set[Grant]) -> None
     assert EXCEPTIONS.keys() <= granted, "an exception the chart does not grant: drop it from EXCEPTIONS"
 
 
+def leader_election_grants(release: Release) -> set[Grant]:
+    """The Role for the operator's Lease, in the release namespace (the chart's environment turns election on)."""
+    return grants_of(get_json("-n", release.namespace, "role", f"{release.name}-leader-election")["rules"])
+
+
+def assert_only_its_own_lease(events: Iterable[dict[str, Any]], release: Release) -> None:
+    """Leader election touched one Lease, the release's, in the release namespace (get and update are granted by
+    that name only; create cannot be limited by name)."""
+    leases = {
+        (event["objectRef"].get("namespace"), event["objectRef"].get("name") or release.name)
+        for event in events
+        if event["user"]["username"] == release.service_account
+        and (event.get("objectRef") or {}).get("resource") == "leases"
+    }
+    assert leases == {(release.namespace, release.name)}, leases
+
+
 # -- the scenarios ----------------------------------------------------------------------------------------------
 
 
@@ -230,8 +247,9 @@ def test_cluster_wide_grants_are_exactly_what_the_operator_uses(
         run_scenarios(models)
         assert not run.permission_errors(), run.permission_errors()
     used = requests_of(audit_events(audited), release.service_account)
-    granted = grants_of(get_json("clusterrole", release.name)["rules"])
+    granted = grants_of(get_json("clusterrole", release.name)["rules"]) | leader_election_grants(release)
     assert_exactly_what_is_used(used, granted)
+    assert_only_its_own_lease(audit_events(audited), release)
 
 
 def test_namespaced_grants_are_exactly_what_the_operator_uses(
@@ -244,9 +262,11 @@ def test_namespaced_grants_are_exactly_what_the_operator_uses(
         assert not run.permission_errors(), run.permission_errors()
     used = requests_of(audit_events(audited), release.service_account)
     granted = grants_of(get_json("clusterrole", release.name)["rules"])
-    granted |= grants_of(get_json("-n", models, "role", release.name)["rules"])
+    granted |= grants_of(get_json("-n", models, "role", release.name)["rules"]) | leader_election_grants(release)
     assert_exactly_what_is_used(used, granted)
-    elsewhere = {(r.namespace, r.grant) for r in used if r.namespace not in (None, models)}
+    assert_only_its_own_lease(audit_events(audited), release)
+    leases = {r for r in used if r.namespace == release.namespace and r.grant[1] == "leases"}
+    elsewhere = {(r.namespace, r.grant) for r in used - leases if r.namespace not in (None, models)}
     assert not elsewhere, f"requests outside the watched namespace: {sorted(elsewhere)}"
 
 
