@@ -643,7 +643,8 @@ def describe(state: State, requested: int) -> str:
     if state.phase is Phase.PROGRESSING:
         return f"version {version}: step {state.step + 1} at {requested}%"
     if state.phase in (Phase.WAITING, Phase.ROLLED_BACK, Phase.ABORTED):
-        return f"version {version} {str(state.phase).lower()} ({state.reason}): {state.message}"
+        words = {Phase.WAITING: "waiting", Phase.ROLLED_BACK: "rolled back", Phase.ABORTED: "aborted"}[state.phase]
+        return f"version {version} {words} ({state.reason}): {state.message}"
     if state.phase is Phase.PAUSED:
         return f"version {version}: paused at step {state.step + 1} (spec.rollout.paused)"
     if state.phase is Phase.PROMOTING:

@@ -184,6 +184,7 @@ def test_failure_limit_consecutive_failures_roll_back_with_the_evidence():
     plan = run.at(22, analysis=bad)
     assert_rolled_back(plan, v1, "AnalysisFailed")
     assert "failed 2 times in a row: error-rate: 12.5 is not <= 1" in plan.state["message"]
+    assert plan.message.startswith("version 2.0 rolled back (AnalysisFailed): failed 2 times in a row")
     assert plan.state["checks"][0]["value"] == 1.0 and plan.state["checks"][0]["threshold"] == "<= 1"
     assert "12.5 is not <= 1" in plan.events[-1].message
     later = run.at(500, analysis=PASS)  # stays rolled back: nothing is due, nothing changes
