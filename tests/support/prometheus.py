@@ -38,8 +38,16 @@ class Prometheus:
         assert body["status"] == "success", body
         return body["data"]
 
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._data("/api/v1/query", query=promql)["result"]
+    def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+        """An instant query, now or at Unix time `at`."""
+        params = {"query": promql} if at is None else {"query": promql, "time": str(at)}
+        result: list[dict[str, Any]] = self._data("/api/v1/query", **params)["result"]
+        return result
+
+    def query_range(self, promql: str, start: float, end: float, step_s: float) -> list[dict[str, Any]]:
+        """A range query: each series' samples from start to end (Unix seconds), every step_s."""
+        data = self._data("/api/v1/query_range", query=promql, start=str(start), end=str(end), step=str(step_s))
+        result: list[dict[str, Any]] = data["result"]
         return result
 
     def wait_for_value(self, promql: str, accept: Callable[[float], bool], timeout_s: float = 60) -> float:
