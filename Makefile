@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export KUBECONFIG := $(CURDIR)/.devcluster/kubeconfig
 export PATH := $(CURDIR)/.devcluster/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help deps venv tools cluster cluster-down demo test test-unit lint operator crds chart-test clean
+.PHONY: help deps venv tools cluster cluster-down demo demo-stop test test-unit lint operator crds chart-test clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -33,6 +33,9 @@ cluster-down: ## Stop every process `make cluster` started and remove its state
 
 demo: deps cluster ## The main job on the local cluster: CRD, operator, the CIFAR-10 example
 	PYTHONPATH=$(CURDIR) $(PY) hack/demo.py
+
+demo-stop: ## Stop the operator `make demo` left running (the cluster and the demo's pods stay)
+	@if [ -x $(PY) ]; then PYTHONPATH=$(CURDIR) $(PY) hack/demo.py --stop-operator; else echo "no environment: nothing to stop"; fi
 
 operator: venv ## Run the operator in the foreground against $$KUBECONFIG
 	$(PY) -m canaria run
