@@ -12,6 +12,9 @@ take over, so two replicas are never active together. A leader does not release 
 next one waits out the lease (as controller-runtime does by default), because reconcile passes started by
 timers may still be writing until the process is gone.
 
+Why not Kopf's peering: operators of equal priority all freeze (the cluster goes unserved) until one of them is
+given a higher priority, so replicas of one Deployment cannot use it as an election, and it needs peering CRDs.
+
 Decisions are pure functions of (lease, identity, clock readings); the classes at the end are the thin layer
 that reads and writes the Lease and runs the loops.
 """
