@@ -358,7 +358,8 @@ def test_the_rollout_holds_while_prometheus_is_down_and_continues_when_it_return
         )
         bake_end = moment(passed["rollout"]["bakeStartedAt"]) + datetime.timedelta(seconds=pause_s)
         assert datetime.datetime.now(datetime.UTC) < bake_end, "the step's bake was over before Prometheus stopped"
-        outage_began = len(watch.seen)
+        outage_began, stopped_at = len(watch.seen), time.monotonic()
+        into_bake_s = pause_s - (bake_end - datetime.datetime.now(datetime.UTC)).total_seconds()
         with cluster.stopped("prometheus"):
             held = watch.until(
                 lambda s: s.get("rollout", {}).get("reason") == "NoData", 60, "the rollout to hold without data"
@@ -369,7 +370,7 @@ def test_the_rollout_holds_while_prometheus_is_down_and_continues_when_it_return
                 pause_s + 30,
                 "the analysis at the end of the bake",
             )
-        during_outage = watch.seen[outage_began:]
+        during_outage, outage_s = watch.seen[outage_began:], time.monotonic() - stopped_at
         promoted = watch.until(
             lambda s: s.get("phase") == "Serving" and s.get("stableVersion") == "2.0", 300, "2.0 promoted"
         )
@@ -386,4 +387,7 @@ def test_the_rollout_holds_while_prometheus_is_down_and_continues_when_it_return
     assert_stable_answered_everything(results)
     canary = [result for result in results if "-canary-" in result.pod]
     assert canary and not failures(canary), failures(canary)[:5]
-    print(f"\nheld through the outage {during_outage}; then {watch.seen[-3:]}")
+    print(
+        f"\nPrometheus down {outage_s:.0f}s from {into_bake_s:.0f}s into the {pause_s}s bake: held {during_outage}, "
+        f"then {watch.seen[-3:]}"
+    )
