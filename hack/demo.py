@@ -23,6 +23,7 @@ Act 8. what the background load saw: every request to a stable pod answered.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import shlex
@@ -373,10 +374,13 @@ def traffic_at(at: str, window: str) -> str:
     the analysis window (increase() extrapolates to the window, hence the fractions)."""
     labels = "serving_canaria_dev_track, serving_canaria_dev_version"
     selector = f'namespace="{NAMESPACE}"'
-    requests = prometheus_query(
-        f"sum by ({labels}) (increase(ts_inference_requests_total{{{selector}}}[{window}]))", at
-    )
-    errors = prometheus_query(f"sum by ({labels}) (increase(Requests5XX{{{selector}}}[{window}]))", at)
+    try:
+        requests = prometheus_query(
+            f"sum by ({labels}) (increase(ts_inference_requests_total{{{selector}}}[{window}]))", at
+        )
+        errors = prometheus_query(f"sum by ({labels}) (increase(Requests5XX{{{selector}}}[{window}]))", at)
+    except (OSError, http.client.HTTPException) as error:  # the checks then hold too: they say so above
+        return f"Prometheus did not answer: {error!r}"
 
     def track(sample: dict[str, Any]) -> tuple[str, str]:
         labels = sample["metric"]
@@ -405,11 +409,16 @@ def follow_rollout(done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
             print(stamp + line, flush=True)
             last_line = line
         rollout = status.get("rollout", {})
-        analysed_at = rollout.get("lastAnalysisAt")
-        if analysed_at and analysed_at != last_analysis and rollout.get("checks"):
-            last_analysis = analysed_at
+        # The analysis that ends a step starts the next one in the same pass, which clears lastAnalysisAt (it
+        # is per step) and stamps stepStartedAt with that pass's clock: then the checks are new, and that is
+        # when they ran.
+        analysed_at = rollout.get("lastAnalysisAt") or rollout.get("stepStartedAt")
+        analysis = json.dumps(rollout.get("checks"), sort_keys=True)
+        if analysed_at and analysis != last_analysis and rollout.get("checks"):
+            last_analysis = analysis
             failures = rollout.get("failures", {})
-            print(f"{stamp}analysis at {analysed_at}: {rollout.get('lastVerdict')}  (failures in a row: {failures})")
+            verdict = rollout.get("lastVerdict") or "Pass, which ended the step"
+            print(f"{stamp}analysis at {analysed_at}: {verdict}  (failures in a row: {failures})")
             for check in rollout["checks"]:
                 print(f"{' ' * 10}{check_line(check)}")
             print(f"{' ' * 10}Prometheus then, last {window}: {traffic_at(analysed_at, window)}", flush=True)
@@ -457,10 +466,8 @@ def report_load(load: BackgroundLoad, v3_shipped_at: float) -> bool:
     print(f"  {sent} requests at {LOAD_RATE_PER_S:g}/s from inside the pod network, during both rollouts:")
     for group, results in sorted(groups.items(), key=lambda item: item[0] != "stable pods (1.0, then 2.0)"):
         failed = [r for r in results if not r.ok]
-        how = {str(r.status or r.error) for r in failed}
-        print(
-            f"    {group}: {len(results) - len(failed)} answered 200, {len(failed)} failed {sorted(how) if how else ''}"
-        )
+        how = f" ({', '.join(sorted({str(r.status or r.error) for r in failed}))})" if failed else ""
+        print(f"    {group}: {len(results) - len(failed)} answered 200, {len(failed)} failed{how}")
     stable = groups.get("stable pods (1.0, then 2.0)", [])
     return bool(stable) and all(r.ok for r in stable)
 
@@ -520,8 +527,9 @@ def ship_two_versions() -> None:
     step("What the background load got")
     stable_never_failed = report_load(load, v3_shipped_at)
     print(f"  2.0 promoted {promoted:.0f}s after its patch; 3.0 rolled back {rolled_back:.0f}s after its patch")
+    uid = model_deployment()["metadata"]["uid"]  # not an earlier run's object of the same name
     kubectl(
-        "get", "events", "-n", NAMESPACE, "--field-selector", f"involvedObject.name={NAME}", "--sort-by=.lastTimestamp"
+        "get", "events", "-n", NAMESPACE, "--field-selector", f"involvedObject.uid={uid}", "--sort-by=.lastTimestamp"
     )
     if not stable_never_failed:
         sys.exit("demo: a request to a stable pod failed (or none reached one): see above")
