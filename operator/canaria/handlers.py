@@ -15,7 +15,6 @@ from canaria.kube import Kube
 from canaria.reconcile import reconcile
 from canaria.render import Settings
 
-RESYNC_SECONDS = 300  # reads only; picks up what no watch reports (e.g. a Secret created later)
 CHILD_FILTER = {render.MANAGED_BY: "canaria"}
 SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
 log = logging.getLogger(__name__)
@@ -101,11 +100,6 @@ def stop_metrics(**_: Any) -> None:
 @kopf.on.create(schema.GROUP, schema.VERSION, schema.PLURAL)
 @kopf.on.update(schema.GROUP, schema.VERSION, schema.PLURAL)
 def model_deployment_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    reconcile(memo.kube, str(namespace), name, memo.settings)
-
-
-@kopf.timer(schema.GROUP, schema.VERSION, schema.PLURAL, interval=RESYNC_SECONDS, idle=RESYNC_SECONDS)
-def resync(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     reconcile(memo.kube, str(namespace), name, memo.settings)
 
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from canaria import handlers, kube, reconcile
+from canaria import kube, reconcile
 from tests.integration.conftest import LOGS, apply, condition, get_json, kubectl, patch_md, wait_for
 from tests.support.manifests import example_model_deployment
 from tests.support.processes import free_port
@@ -129,6 +129,14 @@ def test_delete_garbage_collects_children(operator, namespace):
     wait_for(gone, timeout=60, what="children to be garbage-collected")
 
 
+def test_no_finalizer_so_a_model_deployment_can_be_deleted_while_the_operator_is_down(operator, namespace):
+    apply(namespace, example_model_deployment())
+    md = ready(namespace)
+    # Kopf would add its finalizer for a Kopf timer or a deletion handler: then a namespace whose operator is
+    # gone (uninstalled, or stopped first) never finishes deleting.
+    assert not md["metadata"].get("finalizers"), md["metadata"]["finalizers"]
+
+
 def test_missing_pvc_is_reported_and_resolves_when_created(operator, namespace):
     apply(namespace, example_model_deployment(model={"storageUri": "pvc://model-files/cifar10"}))
     md = wait_for(
@@ -238,7 +246,7 @@ def test_a_temporary_api_failure_during_a_child_event_is_retried(operator, names
         kubectl("delete", "validatingwebhookconfiguration", webhook["metadata"]["name"])
     # Nothing else happens to the object now: only the operator's retry recreates the Service. The window is
     # the longest back-off, far shorter than the periodic resync that used to be the only way out.
-    assert reconcile.RETRY_MAX_SECONDS < handlers.RESYNC_SECONDS / 2
+    assert reconcile.RETRY_MAX_SECONDS < reconcile.RESYNC_SECONDS / 2
     wait_for(
         lambda: kubectl("get", "-n", namespace, "service", "cifar10", check=False).returncode == 0,
         timeout=reconcile.RETRY_MAX_SECONDS + 5,

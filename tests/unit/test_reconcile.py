@@ -201,3 +201,9 @@ def wait_until(predicate, timeout: float = 5) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
+
+
+def test_every_object_is_looked_at_again_by_the_resync_at_the_latest():
+    assert reconcile.next_pass_after(None) == reconcile.RESYNC_SECONDS
+    assert reconcile.next_pass_after(12.5) == 12.5
+    assert reconcile.next_pass_after(10 * reconcile.RESYNC_SECONDS) == reconcile.RESYNC_SECONDS
