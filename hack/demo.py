@@ -287,9 +287,14 @@ def steady_load(requests: int, seconds: float) -> int:
 
 
 def show_what_prometheus_saw(sent: int) -> None:
-    """Waits for the scrapes that cover the load, then prints the per-pod counters Prometheus holds."""
-    targets = f'up{{namespace="{NAMESPACE}", service="{NAME}"}}'
-    promql = f'sum by (pod, serving_canaria_dev_version) (ts_inference_requests_total{{namespace="{NAMESPACE}"}})'
+    """Waits for the scrapes that cover the load, then prints the per-pod counters Prometheus holds for the
+    pods that serve now (an earlier run's pods may still have series within Prometheus' lookback)."""
+    names = kubectl(
+        "get", "pods", "-n", NAMESPACE, "-l", MODEL_LABEL, "-o", "jsonpath={.items[*].metadata.name}", show=False
+    )
+    selector = f'namespace="{NAMESPACE}", pod=~"{"|".join(names.split())}"'
+    targets = f'up{{{selector}, service="{NAME}"}}'
+    promql = f"sum by (pod, serving_canaria_dev_version) (ts_inference_requests_total{{{selector}}})"
     print(f"  PromQL: {targets}")
     for sample in prometheus_query(targets):
         print(f"    {sample['metric'].get('pod')} up={sample['value'][1]}")
