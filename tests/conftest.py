@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 # --- cluster fixture (owned by devcluster/) ---
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from devcluster import Cluster
+from tests.support.clusters import environment_of
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,16 +21,10 @@ def cluster() -> Iterator[Cluster]:
     it for the whole session."""
     running = Cluster.attach(_REPO_ROOT)
     devcluster = running or Cluster.up(_REPO_ROOT)
-    saved = {name: os.environ.get(name) for name in ("KUBECONFIG", "PATH")}
-    os.environ.update(devcluster.env())
     try:
-        yield devcluster
+        with environment_of(devcluster):
+            yield devcluster
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
         if devcluster.started_here:
             devcluster.down()
 

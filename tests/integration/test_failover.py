@@ -10,7 +10,6 @@ on kwok's fake node, so the steps are judged by their pauses alone."""
 from __future__ import annotations
 
 import datetime
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,12 +18,9 @@ from typing import Any
 import pytest
 
 from canaria.leader import LEASE_DURATION, LOST_LEASE_EXIT_CODE, RETRY_PERIOD
-from devcluster import Cluster, Settings
-from devcluster.layout import Layout
+from devcluster import Cluster
 from tests.integration.conftest import (
-    CRD,
     LOGS,
-    ROOT,
     apply,
     condition,
     get_json,
@@ -33,6 +29,7 @@ from tests.integration.conftest import (
     patch_md,
     wait_for,
 )
+from tests.support import clusters
 from tests.support.manifests import example_model_deployment
 from tests.support.replicas import Replica, chart_container, lease_holder, start_replica, wait_for_log
 
@@ -53,22 +50,8 @@ STEP_PAUSE = 60  # seconds: the step the leader dies in outlasts the failover
 @pytest.fixture(scope="module")
 def private_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A control plane of this module's own with kwok's fake node and our CRD; KUBECONFIG and PATH point at it."""
-    shared = Layout.resolve(ROOT, Settings())
-    state = tmp_path_factory.mktemp("failover") / "state"
-    private = Cluster.up(ROOT, Settings(state_dir=state, bin_dir=shared.bin_dir, install_crds=False))
-    saved = {name: os.environ.get(name) for name in ("KUBECONFIG", "PATH")}
-    os.environ.update(private.env())
-    try:
-        kubectl("apply", "--server-side", "-f", str(CRD))
-        kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/modeldeployments.serving.canaria.dev")
+    with clusters.private_cluster(tmp_path_factory.mktemp("failover") / "state") as private:
         yield private
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        private.down()
 
 
 class Release:

@@ -9,7 +9,6 @@ objects, and the audit log then holds only this module's traffic.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -18,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from devcluster import Cluster, Settings
-from devcluster.layout import Layout
-from tests.integration.conftest import CRD, ROOT, apply, condition, get_json, kubectl, patch_md, wait_for
+from devcluster import Cluster
+from tests.integration.conftest import ROOT, apply, condition, get_json, kubectl, patch_md, wait_for
 from tests.integration.test_chart import Release, chart_operator, exists, install, new_release
+from tests.support import clusters
 from tests.support.manifests import example_model_deployment
 
 pytestmark = pytest.mark.cluster
@@ -43,26 +42,11 @@ EXCEPTIONS: dict[Grant, str] = {
 
 @pytest.fixture(scope="module")
 def audited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A control plane of its own, with our CRD and the ServiceMonitor's (no add-ons); KUBECONFIG and PATH
-    (kubectl, helm) point at it meanwhile."""
-    shared = Layout.resolve(ROOT, Settings())
+    """A control plane of its own, with our CRD and the ServiceMonitor's and HTTPRoute's (no add-ons); KUBECONFIG
+    and PATH (kubectl, helm) point at it meanwhile."""
     state = tmp_path_factory.mktemp("audited") / "state"
-    private = Cluster.up(ROOT, Settings(state_dir=state, bin_dir=shared.bin_dir, install_crds=False))
-    saved = {name: os.environ.get(name) for name in ("KUBECONFIG", "PATH")}
-    os.environ.update(private.env())
-    try:
-        third_party = [f for f in private.layout.crd_files if f.name in (SERVICE_MONITOR_CRD_FILE, HTTP_ROUTE_CRD_FILE)]
-        for crd in (CRD, *third_party):
-            kubectl("apply", "--server-side", "-f", str(crd))
-        kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/modeldeployments.serving.canaria.dev")
+    with clusters.private_cluster(state, (SERVICE_MONITOR_CRD_FILE, HTTP_ROUTE_CRD_FILE)) as private:
         yield private
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        private.down()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import signal
 import time
 import uuid
@@ -19,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from devcluster import Cluster, Settings
-from devcluster.layout import Layout
-from tests.integration.conftest import CRD, ROOT, Operator, apply, condition, get_json, kubectl, patch_md, wait_for
+from devcluster import Cluster
+from tests.integration.conftest import Operator, apply, condition, get_json, kubectl, patch_md, wait_for
+from tests.support import clusters
 from tests.support.manifests import example_model_deployment
 
 pytestmark = pytest.mark.cluster
@@ -33,24 +32,9 @@ NO_CHECKS: dict[str, Any] = {"metrics": []}
 def private_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A control plane of this module's own with kwok's fake node, our CRD and the HTTPRoute's (no Gateway
     implementation: the route's weights are checked as written); KUBECONFIG and PATH point at it."""
-    shared = Layout.resolve(ROOT, Settings())
     state = tmp_path_factory.mktemp("rollout") / "state"
-    private = Cluster.up(ROOT, Settings(state_dir=state, bin_dir=shared.bin_dir, install_crds=False))
-    saved = {name: os.environ.get(name) for name in ("KUBECONFIG", "PATH")}
-    os.environ.update(private.env())
-    try:
-        (routes,) = [f for f in shared.crd_files if f.name == "gateway.networking.k8s.io_httproutes.yaml"]
-        for crd in (CRD, routes):
-            kubectl("apply", "--server-side", "-f", str(crd))
-        kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/modeldeployments.serving.canaria.dev")
+    with clusters.private_cluster(state, ("gateway.networking.k8s.io_httproutes.yaml",)) as private:
         yield private
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        private.down()
 
 
 @pytest.fixture(scope="module")
