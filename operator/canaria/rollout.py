@@ -35,8 +35,9 @@ Decision table, first match wins (R = spec.serving.replicas, V = the canary's ve
  13. the interval's verdict is Wait (no data, see analysis.py) -> Waiting, reason NoData [Normal Waiting]
  14. Waiting with no progress for progressDeadline             -> RolledBack, reason ProgressDeadlineExceeded
                                                                   [Warning RolledBack]
- 15. the pause elapsed and an analysis at or after its end     -> the next step [Normal StepStarted], or Promoting
-     passed (no checks: the pause elapsed)                        after the last [Normal PromotionStarted]
+ 15. the pause elapsed and an analysis at or after its end     -> the next step [Normal StepPassed with the checks'
+     passed (no checks: the pause elapsed)                        values, StepStarted], or Promoting after the last
+                                                                  [Normal StepPassed, PromotionStarted]
 Progress, for the deadline: a step or promotion starting, one more ready pod, a Pass or Fail verdict.
 A rolled-back or aborted version stays so (canary at zero pods) until spec.model changes or a retry.
 
@@ -52,7 +53,8 @@ ceil(weight x R / 100) pods, and once a step's bake starts, already the next ste
 route still holds them out, so the next step need not wait for them). Service mode splits by pod count:
 the stable track keeps R pods until promotion and the canary gets the pod count c whose share c / (c + R) is
 closest to the step's weight, with 1 <= c <= 4 R and no share above the last step's weight unless c = 1. The
-effective weight (in status beside the requested one) is therefore one of a few values (R = 2: 33, 50, 60,
+effective weight (in status beside the requested one: the Ready canary pods' share of all Ready pods, so it
+grows as a step's pods become Ready) is therefore, once they are, one of a few values (R = 2: 33, 50, 60,
 67, 71, 75, 78, 80 %): it differs from the requested weight by at most half the gap between two neighbours,
 except below the one-pod share or above the 4 R cap. The share is an average over requests spread evenly over
 Ready pods.
@@ -538,6 +540,8 @@ class _Pass:
         judged_after_bake = state.last_analysis_at is not None and _at(state.last_analysis_at) >= bake_end
         if self.now < bake_end or (metrics and not (judged_after_bake and state.last_verdict == Verdict.PASS)):
             return state
+        passed = "; ".join(check["message"] for check in state.checks) if metrics else f"{step.pause_s:g}s elapsed"
+        self.event("Normal", "StepPassed", f"step {state.step + 1} of {len(steps)} passed: {passed}")
         if state.step + 1 < len(steps):
             following = replace(
                 state,
@@ -598,9 +602,13 @@ class _Pass:
     # -- the plan --
 
     def effective(self, state: State) -> int:
+        """The canary's share of requests now: the route's weight (GatewayAPI), or its Ready pods' share of all
+        Ready pods of both tracks (Service mode: a step's pods take their share as they become Ready)."""
         if self.spec["traffic"]["mode"] == "GatewayAPI":
             return state.traffic_weight
-        return service_weight(canary_replicas(self.spec, target_weight(self.spec, state)), self.replicas)
+        canary, stable = self.observation.canary, self.observation.stable
+        canary_ready = canary.ready if canary.model_hash == model_hash(state.canary_model or {}) else 0
+        return service_weight(canary_ready, stable.ready)
 
     def canary_pods(self, state: State, requested: int) -> int:
         """The step's canary pods. GatewayAPI mode starts the next step's pods once this step's bake runs: they

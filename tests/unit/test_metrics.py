@@ -74,9 +74,18 @@ class Passes:
         self.metrics = recorder or OperatorMetrics()
         self.events: list[str] = []
 
+    def stable_serving(self, state: dict[str, Any]) -> TrackStatus:
+        stable_model = state.get("stableModel") or self.md["spec"]["model"]
+        return TrackStatus(rollout.model_hash(stable_model), self.md["spec"]["serving"]["replicas"])
+
     def run(
-        self, seconds: float, canary_ready: int = 0, stable_ready: tuple[str, int] = ("", 0), error_rate: float = 0.0
+        self,
+        seconds: float,
+        canary_ready: int = 0,
+        stable_ready: tuple[str, int] | None = None,
+        error_rate: float = 0.0,
     ) -> rollout.Plan:
+        """One pass; by default the stable model runs on all its pods, Ready."""
         spec, old = self.md["spec"], self.status
         state = old.get("rollout") or {}
         now = at(seconds)
@@ -100,7 +109,7 @@ class Passes:
             self.metrics.record_analysis(NS, NAME, assessment)
         canary_hash = rollout.model_hash(state.get("canaryModel") or spec["model"])
         observation = rollout.Observation(
-            stable=TrackStatus(*stable_ready),
+            stable=TrackStatus(*stable_ready) if stable_ready else self.stable_serving(state),
             canary=TrackStatus(canary_hash, canary_ready),
             analysis=assessment,
         )

@@ -71,6 +71,9 @@ class Run:
         self.state = self.plan.state
         return self.plan
 
+    def plan_events_text(self, reason: str) -> list[str]:
+        return [event.message for event in self.plan.events if event.reason == reason]
+
     def due(self, seconds: float) -> bool:
         return rollout.analysis_due(self.spec, self.state, T0 + datetime.timedelta(seconds=seconds))
 
@@ -106,7 +109,7 @@ def test_a_new_version_goes_through_every_step_on_passing_analyses_and_is_promot
     plan = run.at(1, version(run.spec, "2.0"), canary=TrackStatus())
     assert (plan.phase, plan.state["reason"]) == (Phase.WAITING, "CanaryNotReady")
     assert plan.stable == rollout.Track(v1, 2) and plan.canary == rollout.Track(v2, 1)
-    assert (plan.requested_weight, plan.effective_weight) == (10, 33)  # one pod beside two
+    assert (plan.requested_weight, plan.effective_weight) == (10, 0)  # its one pod is not Ready: no share yet
     assert plan.requeue_after == 600  # the progress deadline; pod events come sooner
     assert run.at(2).phase is Phase.PROGRESSING and run.plan.requeue_after == 10
     assert not run.due(11.999) and run.due(12)
@@ -114,14 +117,16 @@ def test_a_new_version_goes_through_every_step_on_passing_analyses_and_is_promot
         assert run.at(t, analysis=PASS).phase is Phase.PROGRESSING and run.plan.requeue_after == 10
     plan = run.at(32, analysis=PASS)  # the bake's end: the next step, whose pods are not there yet
     assert (plan.phase, plan.requested_weight, plan.canary) == (Phase.WAITING, 50, rollout.Track(v2, 2))
-    assert run.state["step"] == 1 and reasons(plan) == ["Waiting"]
+    assert run.state["step"] == 1 and reasons(plan) == ["StepPassed", "Waiting"]
+    assert plan.effective_weight == 33, "step 1's pod still takes its share while step 2's start"
+    assert run.plan_events_text("StepPassed") == ["step 1 of 2 passed: error-rate: Pass"]
     plan = run.at(33)
     assert reasons(plan) == ["StepStarted"] and plan.effective_weight == 50
     assert plan.message == "version 2.0: step 2 at 50%"
     for t in (43, 53):
         run.at(t, analysis=PASS)
     plan = run.at(63, analysis=PASS)
-    assert plan.phase is Phase.PROMOTING and reasons(plan) == ["PromotionStarted"]
+    assert plan.phase is Phase.PROMOTING and reasons(plan) == ["StepPassed", "PromotionStarted"]
     assert plan.stable == rollout.Track(v2, 2) and plan.canary == rollout.Track(v2, 2)  # no capacity gap
     plan = run.at(64, stable=TrackStatus(rollout.model_hash(v2), 1))  # one new stable pod of two
     assert plan.phase is Phase.PROMOTING and plan.canary is not None
