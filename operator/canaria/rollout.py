@@ -603,9 +603,12 @@ class _Pass:
 
     def effective(self, state: State) -> int:
         """The canary's share of requests now: the route's weight (GatewayAPI), or its Ready pods' share of all
-        Ready pods of both tracks (Service mode: a step's pods take their share as they become Ready)."""
+        Ready pods of both tracks (Service mode: a step's pods take their share as they become Ready). While
+        promoting, the stable track's pods change version under it: the last step's share, as planned."""
         if self.spec["traffic"]["mode"] == "GatewayAPI":
             return state.traffic_weight
+        if state.phase is Phase.PROMOTING:
+            return service_weight(canary_replicas(self.spec, target_weight(self.spec, state)), self.replicas)
         canary, stable = self.observation.canary, self.observation.stable
         canary_ready = canary.ready if canary.model_hash == model_hash(state.canary_model or {}) else 0
         return service_weight(canary_ready, stable.ready)

@@ -504,3 +504,14 @@ def test_a_pass_that_must_not_move_keeps_the_state_and_the_stable_track():
     held = rollout.unchanged(version(mid.spec, "3.0"), mid.state, T0 + datetime.timedelta(seconds=500))
     assert held.state == mid.state and held.phase is Phase.PROGRESSING and held.requeue_after is None
     assert held.canary.model["version"] == "2.0"  # type: ignore[union-attr]
+
+
+def test_service_mode_effective_weight_follows_ready_pods_and_holds_while_promoting():
+    run = shipped(make_spec(serving={"replicas": 2}))
+    v2 = rollout.model_hash(run.state["canaryModel"])
+    assert run.at(3, canary=TrackStatus(v2, 0)).effective_weight == 0  # its pod stopped being Ready
+    assert run.at(4).effective_weight == 33
+    assert run.at(5, edit(run.spec, promote="2.0")).phase is Phase.PROMOTING
+    # The stable track rolls to 2.0: none of its new pods Ready yet, its old ones still serve.
+    plan = run.at(6, stable=TrackStatus(v2, 0))
+    assert plan.phase is Phase.PROMOTING and plan.effective_weight == 33
