@@ -22,6 +22,7 @@ from devcluster import Cluster
 from tests.integration.conftest import Operator, apply, condition, get_json, kubectl, patch_md, wait_for
 from tests.support import clusters
 from tests.support.manifests import example_model_deployment
+from tests.support.processes import free_port
 
 pytestmark = pytest.mark.cluster
 
@@ -386,3 +387,71 @@ def test_an_operator_killed_during_a_step_continues_at_the_same_step(own_operato
 
 def _seconds(stamp: str) -> float:
     return datetime.datetime.fromisoformat(stamp).timestamp()
+
+
+def unreachable_checks(no_data: str, **analysis: Any) -> dict[str, Any]:
+    """Checks against a Prometheus that is not there (a free loopback port): every interval has no data and
+    holds (an unreachable Prometheus never fails a check, whatever noData says). No Prometheus in this cluster:
+    a failing analysis is tested in the full loop (tests/e2e)."""
+    return {
+        "interval": "2s",
+        "noData": no_data,
+        "prometheusUrl": f"http://127.0.0.1:{free_port()}",
+        "metrics": [{"name": "errors", "builtin": "ErrorRate", "max": 1}],
+        **analysis,
+    }
+
+
+def kill_and_restart(running: Operator) -> None:
+    assert running.process is not None
+    running.process.send_signal(signal.SIGKILL)
+    running.process.wait(timeout=10)
+    time.sleep(3)
+    running.start()
+
+
+def test_no_data_waits_and_the_deadline_rolls_back_across_an_operator_killed_during_analysis(own_operator):
+    running, namespace = own_operator
+    rollout = {**rollout_spec("5s", "5s"), "progressDeadline": "20s", "analysis": unreachable_checks("Wait")}
+    start(namespace, rollout)
+    before = stable_template(namespace)
+    ship(namespace, "2.0")
+    waiting = wait_for(
+        lambda: (
+            (s := md_status(namespace)).get("phase") == "Waiting"
+            and s["rollout"].get("reason") == "NoData"
+            and len(s["rollout"].get("history", [])) >= 2
+            and s
+        ),
+        what="analyses with no data",
+    )
+    assert "did not answer" in waiting["rollout"]["message"], waiting["rollout"]
+    kill_and_restart(running)  # mid-analysis: the verdicts so far and the deadline's clock live in status
+    rolled_back = phase(namespace, "RolledBack", timeout=60)
+    assert rolled_back["rollout"]["reason"] == "ProgressDeadlineExceeded", rolled_back["rollout"]
+    assert rolled_back["rollout"]["history"][: len(waiting["rollout"]["history"])] == waiting["rollout"]["history"]
+    # The deadline ran from the last progress before the kill: the restart did not start it again.
+    deadline = _seconds(waiting["rollout"]["progressAt"]) + 20
+    ended = next(e for e in get_json("-n", namespace, "events")["items"] if e["reason"] == "RolledBack")
+    assert abs(_seconds(ended.get("lastTimestamp") or ended["eventTime"]) - deadline) < 5, (deadline, ended)
+    assert stable_template(namespace) == before
+    wait_for(lambda: get_json("-n", namespace, "deployment", "cifar10-canary")["spec"]["replicas"] == 0,
+             what="the canary scaled to zero")  # fmt: skip
+
+
+def test_an_operator_killed_while_paused_stays_paused_and_resumes_the_same_step(own_operator):
+    running, namespace = own_operator
+    start(namespace, rollout_spec("4s", "2s"))
+    ship(namespace, "2.0")
+    first = baking(namespace, 0)
+    patch_md(namespace, {"rollout": {"paused": True}})
+    paused = phase(namespace, "Paused")
+    kill_and_restart(running)
+    time.sleep(6)  # past the step's pause: a paused rollout stays where it was, restart or not
+    held = md_status(namespace)
+    assert held["phase"] == "Paused" and held["rollout"].get("step", 0) == 0
+    assert held["rollout"]["pausedAt"] == paused["rollout"]["pausedAt"]
+    patch_md(namespace, {"rollout": {"paused": False}})
+    second = baking(namespace, 1)
+    assert second["rollout"]["startedAt"] == first["rollout"]["startedAt"]
+    serving(namespace, "2.0")
