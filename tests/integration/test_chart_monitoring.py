@@ -300,6 +300,11 @@ operator.record_state(
      "rollout": {{"phase": "Waiting", "progressAt": "2026-01-01T00:00:00+00:00",
                  "checks": [{{"name": "errors", "value": 12.5, "stableValue": 0.2}}]}}}},
 )
+# resnet is not Ready and rolls nothing out: CanariaModelNotReady is about it, not about cifar10's rollout.
+operator.record_state(
+    "{namespace}", "resnet", {{}},
+    {{"phase": "Degraded", "conditions": [{{"type": "Ready", "status": "False"}}], "rollout": {{"phase": "Serving"}}}},
+)
 operator.serve("0.0.0.0", {port})
 while True:
     time.sleep(3600)
@@ -361,8 +366,12 @@ def test_prometheus_scrapes_the_operator_through_the_chart_and_the_alerts_see_it
     assert up["labels"]["namespace"] == release.namespace
 
     # honorLabels: the per-ModelDeployment series keep the model's namespace; the others get the target's.
-    ready = wait_for(lambda: prometheus.query(f'canaria_model_deployment_ready{{job="{job}"}}'), timeout=30)
-    assert [(s["metric"]["namespace"], s["metric"]["name"], s["value"][1]) for s in ready] == [(models, "cifar10", "0")]
+    ready = wait_for(
+        lambda: len(result := prometheus.query(f'canaria_model_deployment_ready{{job="{job}"}}')) == 2 and result,
+        timeout=30,
+    )
+    found = sorted((s["metric"]["namespace"], s["metric"]["name"], s["value"][1]) for s in ready)
+    assert found == [(models, "cifar10", "0"), (models, "resnet", "0")]
     assert "exported_namespace" not in ready[0]["metric"]
     (build,) = prometheus.query(f'canaria_build_info{{job="{job}"}}')
     assert build["metric"]["namespace"] == release.namespace
@@ -388,9 +397,11 @@ def test_prometheus_scrapes_the_operator_through_the_chart_and_the_alerts_see_it
         "cifar10",
         "AnalysisFailed",
     )
-    for name in ("CanariaModelNotReady", "CanariaRolloutStuck"):
-        labels = rules[name]["alerts"][0]["labels"]
-        assert (labels["namespace"], labels["name"]) == (models, "cifar10"), name
+    # Not Ready: resnet only; cifar10 is not Ready because its rollout is under way, which CanariaRolloutStuck
+    # covers once past its deadline.
+    for name, model in (("CanariaModelNotReady", "resnet"), ("CanariaRolloutStuck", "cifar10")):
+        alerts = [(alert["labels"]["namespace"], alert["labels"]["name"]) for alert in rules[name]["alerts"]]
+        assert alerts == [(models, model)], name
 
     # The dashboard's panels about this ModelDeployment and the operator show data.
     board = dashboard()
