@@ -71,13 +71,12 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     set_concurrency(settings, options.workers)
     memo.kube = Kube()
     memo.settings = options.settings
-    serve_metrics(options)  # already serving when `python -m canaria run` started it before the election
 
 
 def serve_metrics(options: Options) -> None:
-    """Serve /metrics (once per process), unless CANARIA_METRICS_PORT is 0. Models are served and rolled out
-    without it, so a taken port is logged as an error, not a reason to stop (a Prometheus that scrapes the
-    operator sees the target down)."""
+    """Serve /metrics, unless CANARIA_METRICS_PORT is 0: `python -m canaria run` calls it before leader election,
+    so a standby replica answers scrapes too. Models are served and rolled out without it, so a taken port is
+    logged as an error, not a reason to stop (a Prometheus that scrapes the operator sees the target down)."""
     if not options.metrics_port:
         return
     try:

@@ -371,6 +371,7 @@ class _Pass:
         self.spec, self.rollout, self.observation = spec, spec["rollout"], observation
         self.now, self.stamp, self.analysis_due = now, _iso(now), analysis_due
         self.replicas: int = spec["serving"]["replicas"]
+        self.gateway = spec["traffic"]["mode"] == "GatewayAPI"
         self.held = hold_reason(spec)
         self.events: list[Event] = []
 
@@ -505,8 +506,7 @@ class _Pass:
             return self.promote(state, "all steps passed")
         step = steps[state.step]
         wanted = canary_replicas(self.spec, step.weight)
-        canary = self.observation.canary
-        ready = canary.ready if canary.model_hash == model_hash(state.canary_model or {}) else 0
+        ready = self.canary_ready(state)
         if ready < wanted:
             if ready > state.ready_seen:
                 state = replace(state, ready_seen=ready, progress_at=self.stamp)
@@ -605,13 +605,16 @@ class _Pass:
         """The canary's share of requests now: the route's weight (GatewayAPI), or its Ready pods' share of all
         Ready pods of both tracks (Service mode: a step's pods take their share as they become Ready). While
         promoting, the stable track's pods change version under it: the last step's share, as planned."""
-        if self.spec["traffic"]["mode"] == "GatewayAPI":
+        if self.gateway:
             return state.traffic_weight
         if state.phase is Phase.PROMOTING:
             return service_weight(canary_replicas(self.spec, target_weight(self.spec, state)), self.replicas)
-        canary, stable = self.observation.canary, self.observation.stable
-        canary_ready = canary.ready if canary.model_hash == model_hash(state.canary_model or {}) else 0
-        return service_weight(canary_ready, stable.ready)
+        return service_weight(self.canary_ready(state), self.observation.stable.ready)
+
+    def canary_ready(self, state: State) -> int:
+        """The canary track's Ready pods running the rollout's canary model (not an older canary's)."""
+        canary = self.observation.canary
+        return canary.ready if canary.model_hash == model_hash(state.canary_model or {}) else 0
 
     def canary_pods(self, state: State, requested: int) -> int:
         """The step's canary pods. GatewayAPI mode starts the next step's pods once this step's bake runs: they
@@ -619,8 +622,7 @@ class _Pass:
         start. (Service mode cannot: there a pod is a share of the requests.)"""
         pods = canary_replicas(self.spec, requested)
         steps = rollout_steps(self.rollout)
-        gateway = self.spec["traffic"]["mode"] == "GatewayAPI"
-        if gateway and state.bake_started_at is not None and state.step + 1 < len(steps):
+        if self.gateway and state.bake_started_at is not None and state.step + 1 < len(steps):
             pods = max(pods, canary_replicas(self.spec, steps[state.step + 1].weight))
         return pods
 
@@ -633,7 +635,6 @@ class _Pass:
             canary = Track(state.canary_model, 0)
         elif state.canary_model is not None and state.phase in UNDER_WAY and requested > 0:
             canary = Track(state.canary_model, self.canary_pods(state, requested))
-        gateway = self.spec["traffic"]["mode"] == "GatewayAPI"
         return Plan(
             state=state.to_dict(),
             phase=state.phase,
@@ -641,7 +642,7 @@ class _Pass:
             canary=canary,
             requested_weight=requested,
             effective_weight=self.effective(state) if canary and canary.replicas else 0,
-            route_weights={STABLE: 100 - state.traffic_weight, CANARY: state.traffic_weight} if gateway else None,
+            route_weights={STABLE: 100 - state.traffic_weight, CANARY: state.traffic_weight} if self.gateway else None,
             events=tuple(self.events),
             requeue_after=_requeue_after(self.spec, state, self.now),
             message=describe(state, requested),
