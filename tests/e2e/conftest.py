@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import pytest
 
 from devcluster import Cluster
 from devcluster.podnet import PodNetwork
-from tests.integration.conftest import Operator, apply_manifest, crd_installed, kubectl
+from tests.integration.conftest import Operator, apply_manifest, crd_installed, fresh_namespace, running
 
 __all__ = ["crd_installed"]  # the integration tier's fixture, used here too
 
@@ -30,21 +29,14 @@ READY_TIMEOUT_S = 300  # packaging plus TorchServe's start, several pods at once
 
 @pytest.fixture(scope="session")
 def e2e_operator(crd_installed: None) -> Iterator[Operator]:
-    running = Operator(log_name="operator-e2e.log", namespaces="e2e-*")
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
-    assert "Traceback" not in running.log(), "the operator logged a traceback: see " + str(running.log_path)
+    with running(Operator(log_name="operator-e2e.log", namespaces="e2e-*")) as started:
+        yield started
 
 
 @pytest.fixture
 def e2e_namespace(cluster: Cluster) -> Iterator[str]:
-    name = f"e2e-{uuid.uuid4().hex[:8]}"
-    kubectl("create", "namespace", name)
-    yield name
-    kubectl("delete", "namespace", name, "--wait=false")
+    with fresh_namespace("e2e") as name:
+        yield name
 
 
 @pytest.fixture(scope="session")

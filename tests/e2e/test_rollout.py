@@ -5,7 +5,6 @@ rolled back by ErrorRate; a good version is then promoted; the stable version an
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 
 from devcluster import Cluster
 from devcluster.podnet import PodNetwork
-from tests.integration.conftest import Operator, kubectl, wait_for
+from tests.integration.conftest import Operator, fresh_namespace, kubectl, running, wait_for
 
 from .conftest import READY_TIMEOUT_S, local_volume, serving_model
 from .rollouts import FLAKY_HANDLER, good_source, handler_model, handler_source, prometheus_url, service_load, status
@@ -25,16 +24,11 @@ ERROR_RATE_MAX = 5  # percent; the flaky version fails about 33 %
 @pytest.fixture
 def rollout_namespace(cluster: Cluster) -> Iterator[tuple[str, Operator]]:
     """A namespace and an operator of this test's own (e2e-* belongs to the session's operator)."""
-    name = f"e2r-{uuid.uuid4().hex[:8]}"
-    kubectl("create", "namespace", name)
-    running = Operator(log_name="operator-e2e-rollout.log", namespaces="e2r-*")
-    running.start()
-    try:
-        yield name, running
-    finally:
-        running.stop()
-        kubectl("delete", "namespace", name, "--wait=false")
-    assert "Traceback" not in running.log(), "the operator logged a traceback: see " + str(running.log_path)
+    with (
+        fresh_namespace("e2r") as name,
+        running(Operator(log_name="operator-e2e-rollout.log", namespaces="e2r-*")) as op,
+    ):
+        yield name, op
 
 
 def test_a_failing_version_is_rolled_back_by_error_rate_and_a_good_one_promoted(

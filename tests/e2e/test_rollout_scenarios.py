@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime
 import statistics
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import pytest
 from devcluster import Cluster, gateway
 from devcluster.podnet import PodNetwork
 from devcluster.traffic import GATEWAY, Load, run
-from tests.integration.conftest import Operator, get_json, kubectl, wait_for
+from tests.integration.conftest import Operator, fresh_namespace, get_json, running, wait_for
 from tests.support.stats import binomial_within
 
 from .conftest import READY_TIMEOUT_S, local_volume, serving_model
@@ -62,21 +61,14 @@ CANARY_STARTS_S = READY_TIMEOUT_S  # packaging and TorchServe's start, on a mach
 
 @pytest.fixture(scope="module")
 def scenario_operator(crd_installed: None) -> Iterator[Operator]:
-    running = Operator(log_name="operator-e2e-scenarios.log", namespaces=f"{PREFIX}-*")
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
-    assert "Traceback" not in running.log(), "the operator logged a traceback: see " + str(running.log_path)
+    with running(Operator(log_name="operator-e2e-scenarios.log", namespaces=f"{PREFIX}-*")) as started:
+        yield started
 
 
 @pytest.fixture
 def scenario_namespace(cluster: Cluster, scenario_operator: Operator) -> Iterator[str]:
-    name = f"{PREFIX}-{uuid.uuid4().hex[:8]}"
-    kubectl("create", "namespace", name)
-    yield name
-    kubectl("delete", "namespace", name, "--wait=false")
+    with fresh_namespace(PREFIX) as name:
+        yield name
 
 
 def analysis(cluster: Cluster, metrics: list[dict[str, Any]], **settings: Any) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -113,21 +114,36 @@ class Operator:
 
 @pytest.fixture(scope="session")
 def operator(crd_installed: None) -> Iterator[Operator]:
-    running = Operator()
-    running.start()
+    with running(Operator()) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def running(operator: Operator) -> Iterator[Operator]:
+    """The operator started for a fixture's while, stopped after; a traceback in its log fails the fixture."""
+    operator.start()
     try:
-        yield running
+        yield operator
     finally:
-        running.stop()
-    assert "Traceback" not in running.log(), "the operator logged a traceback: see " + str(running.log_path)
+        operator.stop()
+    assert "Traceback" not in operator.log(), "the operator logged a traceback: see " + str(operator.log_path)
+
+
+@contextlib.contextmanager
+def fresh_namespace(prefix: str) -> Iterator[str]:
+    """A new namespace `<prefix>-<random>`, deleted (without waiting) afterwards."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    kubectl("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        kubectl("delete", "namespace", name, "--wait=false")
 
 
 @pytest.fixture
 def namespace(cluster: Any) -> Iterator[str]:
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    kubectl("create", "namespace", name)
-    yield name
-    kubectl("delete", "namespace", name, "--wait=false")
+    with fresh_namespace("t") as name:
+        yield name
 
 
 def patch_md(namespace: str, spec: dict[str, Any], name: str = "cifar10") -> None:

@@ -26,7 +26,6 @@ import pytest
 import requests
 import yaml
 
-from canaria import render, spec
 from devcluster import Cluster, monitoring
 from tests.integration.conftest import get_json, kubectl, wait_for
 from tests.integration.test_chart import CHART, ON_FAKE_NODE, Release, exists, helm, new_release
@@ -38,7 +37,7 @@ from tests.support.chart_monitoring import (
     rule_groups,
     variable_selectors,
 )
-from tests.support.manifests import example_model_deployment
+from tests.support.manifests import rendered_with_a_metrics_server
 from tests.support.prometheus import Prometheus
 
 pytestmark = pytest.mark.cluster
@@ -453,29 +452,6 @@ http.server.ThreadingHTTPServer(("0.0.0.0", 8082), Metrics).serve_forever()
 """
 
 
-def model_with_torchserve_metrics(namespace: str) -> list[dict[str, Any]]:
-    """The example ModelDeployment's Service, ServiceMonitor and stable Deployment as Canaria renders them, its pod
-    running TORCHSERVE_METRICS in place of TorchServe (same labels, same named ports)."""
-    md = example_model_deployment(monitoring={"serviceMonitor": {"interval": "1s"}})
-    md["metadata"].update({"namespace": namespace, "uid": "not-applied"})
-    md = spec.defaulted(md)
-    deployment = render.deployment(md, "stable", md["spec"]["model"], 1, render.Settings())
-    deployment["spec"]["template"]["spec"] = {
-        "containers": [
-            {
-                "name": "torchserve",
-                "image": "python:3.11-slim",
-                "command": ["python3", "-c", TORCHSERVE_METRICS],
-                "ports": [{"name": "http", "containerPort": 8080}, {"name": "metrics", "containerPort": 8082}],
-            }
-        ]
-    }
-    objects = [render.service(md), render.service_monitor(md), deployment]
-    for body in objects:
-        del body["metadata"]["ownerReferences"]  # no ModelDeployment owns them here
-    return objects
-
-
 def test_the_model_alert_and_the_dashboard_read_torchserve_through_the_model_service_monitor(
     release: Release, prometheus: Prometheus
 ) -> None:
@@ -484,8 +460,8 @@ def test_the_model_alert_and_the_dashboard_read_torchserve_through_the_model_ser
     rule = next(o for o in rendered(release, "--set", "metrics.prometheusRule.enabled=true")
                 if o["kind"] == "PrometheusRule")  # fmt: skip
     kubectl("apply", "-f", "-", input=yaml.safe_dump(rule))
-    kubectl("apply", "-n", release.namespace, "-f", "-",
-            input=yaml.safe_dump_all(model_with_torchserve_metrics(release.namespace)))  # fmt: skip
+    model = rendered_with_a_metrics_server(release.namespace, TORCHSERVE_METRICS, 8082)
+    kubectl("apply", "-n", release.namespace, "-f", "-", input=yaml.safe_dump_all(model))
 
     def erring() -> dict[str, Any] | None:
         """The alert about this test's model (the rule sees every namespace's models: other tests' too)."""

@@ -19,13 +19,12 @@ from typing import Any
 import pytest
 import yaml
 
-from canaria import render, spec
 from devcluster import Cluster, Layout, monitoring, pki, podnet
 from devcluster.api import ApiClient
 from devcluster.cluster import NODE_NAME
 from devcluster.monitoring_config import CONFIG_KEY, CONFIG_SECRET, NAME, NAMESPACE, POD_NAME
 from tests.integration.conftest import kubectl, wait_for
-from tests.support.manifests import example_model_deployment
+from tests.support.manifests import rendered_with_a_metrics_server
 from tests.support.prometheus import TRACK_LABEL, VERSION_LABEL, Prometheus
 
 pytestmark = pytest.mark.cluster
@@ -65,32 +64,6 @@ def stack(cluster: Cluster) -> Stack:
     return Stack(Prometheus(monitoring.url(ports)), cluster.layout, _admin(cluster))
 
 
-def _rendered_with_a_metrics_process(namespace: str) -> list[dict[str, Any]]:
-    """Canaria's Service, ServiceMonitor and stable Deployment for the example ModelDeployment, its pod running
-    a small metrics server in place of TorchServe (same labels, same named ports)."""
-    md = example_model_deployment(monitoring={"serviceMonitor": {"interval": "1s"}})
-    md["metadata"].update({"namespace": namespace, "uid": "not-applied"})
-    md = spec.defaulted(md)
-    deployment = render.deployment(md, "stable", md["spec"]["model"], 1, render.Settings())
-    deployment["spec"]["template"]["spec"] = {
-        "containers": [
-            {
-                "name": "torchserve",
-                "image": "python:3.11-slim",
-                "command": ["python3", "-c", METRICS_SERVER],
-                "ports": [
-                    {"name": "http", "containerPort": 8080},
-                    {"name": "metrics", "containerPort": METRICS_PORT},
-                ],
-            }
-        ]
-    }
-    objects = [render.service(md), render.service_monitor(md), deployment]
-    for body in objects:
-        del body["metadata"]["ownerReferences"]  # no ModelDeployment owns them: the garbage collector would
-    return objects
-
-
 def _apply(namespace: str, *objects: dict[str, Any]) -> None:
     kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(objects))
 
@@ -104,7 +77,7 @@ def _generated_config(admin: ApiClient) -> dict[str, Any]:
 
 def test_canarias_service_monitor_makes_the_pod_a_target(stack: Stack, namespace: str) -> None:
     applied = time.monotonic()
-    _apply(namespace, *_rendered_with_a_metrics_process(namespace))
+    _apply(namespace, *rendered_with_a_metrics_server(namespace, METRICS_SERVER, METRICS_PORT))
     pool = f"serviceMonitor/{namespace}/cifar10/0"
 
     def target() -> dict[str, Any] | None:
@@ -124,7 +97,11 @@ def test_canarias_service_monitor_makes_the_pod_a_target(stack: Stack, namespace
 
 
 def test_prometheus_runs_exactly_what_the_operator_generated(stack: Stack, namespace: str) -> None:
-    (monitor,) = (body for body in _rendered_with_a_metrics_process(namespace) if body["kind"] == "ServiceMonitor")
+    (monitor,) = (
+        body
+        for body in rendered_with_a_metrics_server(namespace, METRICS_SERVER, METRICS_PORT)
+        if body["kind"] == "ServiceMonitor"
+    )
     _apply(namespace, monitor)
 
     def job_names(config: dict[str, Any]) -> list[str]:

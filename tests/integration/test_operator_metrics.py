@@ -17,7 +17,17 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from canaria import __version__
-from tests.integration.conftest import Operator, apply, condition, get_json, kubectl, patch_md, wait_for
+from tests.integration.conftest import (
+    Operator,
+    apply,
+    condition,
+    fresh_namespace,
+    get_json,
+    kubectl,
+    patch_md,
+    running,
+    wait_for,
+)
 from tests.support.manifests import example_model_deployment
 
 pytestmark = pytest.mark.cluster
@@ -26,22 +36,16 @@ NAME = "cifar10"
 
 @pytest.fixture(scope="module")
 def json_operator(crd_installed: None) -> Iterator[Operator]:
-    running = Operator(log_name="operator-metrics.log", namespaces="m-*", env={"CANARIA_LOG_FORMAT": "json"})
-    running.start()
-    try:
-        wait_for(lambda: scrape(running), timeout=60, what="the operator's /metrics endpoint")
-        yield running
-    finally:
-        running.stop()
-    assert "Traceback" not in running.log(), "the operator logged a traceback: see " + str(running.log_path)
+    json_logs = Operator(log_name="operator-metrics.log", namespaces="m-*", env={"CANARIA_LOG_FORMAT": "json"})
+    with running(json_logs) as started:
+        wait_for(lambda: scrape(started), timeout=60, what="the operator's /metrics endpoint")
+        yield started
 
 
 @pytest.fixture
 def namespace(cluster: object) -> Iterator[str]:
-    name = f"m-{uuid.uuid4().hex[:8]}"
-    kubectl("create", "namespace", name)
-    yield name
-    kubectl("delete", "namespace", name, "--wait=false")
+    with fresh_namespace("m") as name:
+        yield name
 
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

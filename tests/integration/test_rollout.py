@@ -12,14 +12,23 @@ import datetime
 import json
 import signal
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from devcluster import Cluster
-from tests.integration.conftest import Operator, apply, condition, get_json, kubectl, patch_md, wait_for
+from tests.integration.conftest import (
+    Operator,
+    apply,
+    condition,
+    fresh_namespace,
+    get_json,
+    kubectl,
+    patch_md,
+    running,
+    wait_for,
+)
 from tests.support import clusters
 from tests.support.manifests import example_model_deployment
 from tests.support.processes import free_port
@@ -40,21 +49,14 @@ def private_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluste
 
 @pytest.fixture(scope="module")
 def operator(private_cluster: Cluster) -> Iterator[Operator]:
-    running = Operator(kubeconfig=private_cluster.layout.kubeconfig, log_name="operator-rollout.log")
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
-    assert "Traceback" not in running.log(), "the operator logged a traceback: see " + str(running.log_path)
+    with running(Operator(kubeconfig=private_cluster.layout.kubeconfig, log_name="operator-rollout.log")) as started:
+        yield started
 
 
 @pytest.fixture
 def namespace(private_cluster: Cluster) -> Iterator[str]:
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    kubectl("create", "namespace", name)
-    yield name
-    kubectl("delete", "namespace", name, "--wait=false")
+    with fresh_namespace("t") as name:
+        yield name
 
 
 def rollout_spec(*pauses: str, weights: tuple[int, ...] = (25, 50)) -> dict[str, Any]:
@@ -357,15 +359,13 @@ def test_a_hand_edit_of_the_routes_weights_is_repaired_at_once(operator, namespa
 @pytest.fixture
 def own_operator(private_cluster: Cluster) -> Iterator[tuple[Operator, str]]:
     """An operator of this test's own, for a namespace the session's operator does not watch: it gets killed."""
-    namespace = f"r-{uuid.uuid4().hex[:8]}"
-    kubectl("create", "namespace", namespace)
-    running = Operator(private_cluster.layout.kubeconfig, log_name="operator-rollout-kill.log", namespaces="r-*")
-    running.start()
-    try:
-        yield running, namespace
-    finally:
-        running.stop()
-        kubectl("delete", "namespace", namespace, "--wait=false")
+    killed = Operator(private_cluster.layout.kubeconfig, log_name="operator-rollout-kill.log", namespaces="r-*")
+    with fresh_namespace("r") as namespace:
+        killed.start()
+        try:
+            yield killed, namespace
+        finally:
+            killed.stop()
 
 
 def test_an_operator_killed_during_a_step_continues_at_the_same_step(own_operator):

@@ -43,3 +43,29 @@ def on_fake_node(body: dict[str, Any]) -> dict[str, Any]:
     serving.setdefault("nodeSelector", dict(FAKE_NODE_SELECTOR))
     serving.setdefault("tolerations", []).append(dict(FAKE_NODE_TOLERATION))
     return placed
+
+
+def rendered_with_a_metrics_server(namespace: str, script: str, metrics_port: int) -> list[dict[str, Any]]:
+    """Canaria's Service, ServiceMonitor and stable Deployment for the example ModelDeployment as it renders them,
+    its pod running `script` (a small metrics server on `metrics_port`) in place of TorchServe: same labels, same
+    named ports. No ModelDeployment owns them (the garbage collector would take them)."""
+    from canaria import render, spec
+
+    md = example_model_deployment(monitoring={"serviceMonitor": {"interval": "1s"}})
+    md["metadata"].update({"namespace": namespace, "uid": "not-applied"})
+    md = spec.defaulted(md)
+    deployment = render.deployment(md, "stable", md["spec"]["model"], 1, render.Settings())
+    deployment["spec"]["template"]["spec"] = {
+        "containers": [
+            {
+                "name": "torchserve",
+                "image": "python:3.11-slim",
+                "command": ["python3", "-c", script],
+                "ports": [{"name": "http", "containerPort": 8080}, {"name": "metrics", "containerPort": metrics_port}],
+            }
+        ]
+    }
+    objects = [render.service(md), render.service_monitor(md), deployment]
+    for body in objects:
+        del body["metadata"]["ownerReferences"]
+    return objects
